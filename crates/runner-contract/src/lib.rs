@@ -1,0 +1,45 @@
+#![doc = include_str!("../README.md")]
+
+mod checks;
+mod fixture;
+
+pub use checks::{
+    CHECKS, Check, ContractFailure, Outcome, Report, artifacts_are_safe_and_hashed,
+    cancellation_ends_run, errors_carry_ids, full_lifecycle, handle_survives_serialization,
+    invalid_spec_is_permanent, run_all, run_check, teardown_after_failed_run,
+    teardown_released_handle,
+};
+pub use fixture::Fixture;
+
+/// Generate one `#[tokio::test]` per contract check for an adapter.
+///
+/// `adapter` is an expression evaluated afresh for each test; `fixture` too.
+/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a
+/// dev-dependency.
+#[macro_export]
+macro_rules! contract_tests {
+    (adapter = $adapter:expr, fixture = $fixture:expr $(,)?) => {
+        $crate::contract_tests!(@each $adapter, $fixture;
+            full_lifecycle,
+            teardown_after_failed_run,
+            teardown_released_handle,
+            handle_survives_serialization,
+            cancellation_ends_run,
+            invalid_spec_is_permanent,
+            artifacts_are_safe_and_hashed,
+            errors_carry_ids,
+        );
+    };
+    (@each $adapter:expr, $fixture:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let adapter = $adapter;
+                let fixture = $fixture;
+                if let Err(failure) = $crate::$check(&adapter, &fixture).await {
+                    panic!("{failure}");
+                }
+            }
+        )*
+    };
+}

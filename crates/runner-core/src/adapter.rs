@@ -1,0 +1,145 @@
+//! The `RunnerAdapter` trait: one interface for every execution backend.
+
+use std::fmt::Debug;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::ArtifactBundle;
+use crate::context::RunContext;
+use crate::error::{ArtifactError, ExecutionError, ProvisionError, TeardownError};
+use crate::handle::RunnerHandle;
+use crate::result::TestResult;
+use crate::spec::{BenchSpec, TestPayload};
+
+/// What a backend can do; the worker and the contract suite choose by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `provision` may claim a pre-started environment.
+    pub warm_pool: bool,
+    /// `run_test` streams output to the log sink while the test runs.
+    pub live_logs: bool,
+    /// `teardown` may be called again on a released handle and succeeds.
+    pub idempotent_teardown: bool,
+    /// `list_owned` reports the resources this backend holds.
+    pub leak_listing: bool,
+    /// How many executions the backend supports at once, if limited.
+    pub max_concurrency: Option<usize>,
+}
+
+/// A resource a backend holds, as reported by [`RunnerAdapter::list_owned`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnedResource {
+    /// The backend's id of it.
+    pub resource_id: String,
+    /// The execution it was made for, when tagged.
+    pub execution_id: Option<String>,
+    /// The execution key it was made for, when tagged.
+    pub execution_key: Option<String>,
+    /// Age in seconds, when known.
+    pub age_seconds: Option<u64>,
+    /// A handle that `teardown` accepts for it.
+    pub handle: RunnerHandle,
+}
+
+/// An execution backend: provision an environment, run a test in it, collect
+/// what it produced, release it.
+///
+/// # Contract
+///
+/// - Every method takes a [`RunContext`]; every error it returns carries the
+///   context's correlation and execution ids and a [`crate::ErrorKind`]. The
+///   backend classifies failures; the worker decides what to retry.
+/// - Methods observe `ctx.cancel_token()`: once it fires, the method stops
+///   what it is doing (killing processes, cancelling remote commands) and
+///   returns promptly, with a `cancelled` result or error.
+/// - Deadlines (`ctx.deadline()`) are enforced by the worker's timeout
+///   wrapper; a backend uses them to size its own waits, not to race them.
+/// - A failing test is `Ok(TestResult)` with a failed status, never an error.
+///   Errors are for the infrastructure.
+/// - Cross-cutting work (retries, timeouts, spans, metrics, error context)
+///   is done once by the worker's wrappers; backends do not repeat it.
+/// - A [`RunnerHandle`] is plain data: it may be journaled, read back in
+///   another process and torn down there. Backends keep nothing that
+///   `teardown` needs only in memory.
+/// - An invalid bench spec or payload is an `invalid_spec` error naming the
+///   field (`bench.backend.image`), raised before any resource is made.
+/// - Artifact names are relative and stay below the artifacts directory
+///   (see [`crate::safe_path`]); sizes and sha256 are of the stored bytes.
+/// - Secret payload environment values never appear in a log line, an error
+///   message or an artifact.
+#[crate::async_trait]
+pub trait RunnerAdapter: Send + Sync + Debug + 'static {
+    /// The runner type name this adapter answers to (`local`, `ec2`...).
+    fn runner_type(&self) -> &str;
+
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Acquire an execution environment for `bench`.
+    ///
+    /// # Behavior
+    /// - Validates the bench's backend section first; an invalid one is an
+    ///   `invalid_spec` error and nothing is created.
+    /// - Idempotent per `ctx.execution_key()` where the backend can be: a
+    ///   retried or redelivered provision adopts what an earlier attempt made.
+    /// - On failure it releases anything it made half-way before returning.
+    /// - On cancellation it releases what it made and returns `cancelled`.
+    async fn provision(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+    ) -> Result<RunnerHandle, ProvisionError>;
+
+    /// Run `payload` in the environment behind `handle`.
+    ///
+    /// # Behavior
+    /// - Streams output to `ctx.logs()` when `live_logs` is declared.
+    /// - Returns `Ok` with status passed or failed when the test ran; timed_out
+    ///   when the payload's own time limit ran out; cancelled when the token fired.
+    /// - A handle of another runner type is a permanent error, never a panic.
+    /// - Not idempotent: calling it twice runs the test twice.
+    async fn run_test(
+        &self,
+        ctx: &RunContext,
+        handle: &RunnerHandle,
+        payload: &TestPayload,
+    ) -> Result<TestResult, ExecutionError>;
+
+    /// Gather the run's logs and the files matching `payload.artifacts`.
+    ///
+    /// # Behavior
+    /// - Works after a failed, timed-out or cancelled run, and after none.
+    /// - Idempotent: a second call returns the same bundle.
+    /// - Refuses names that would leave the artifacts directory.
+    /// - Takes the payload (a change from the first design) because the
+    ///   backend needs its globs, and a handle is fixed before the payload is known.
+    async fn collect_artifacts(
+        &self,
+        ctx: &RunContext,
+        handle: &RunnerHandle,
+        payload: &TestPayload,
+    ) -> Result<ArtifactBundle, ArtifactError>;
+
+    /// Release the environment behind `handle`.
+    ///
+    /// # Behavior
+    /// - Stops anything still running in it first.
+    /// - With `idempotent_teardown`, a handle already released (or whose
+    ///   resource is gone) is success. Without it, a second call may fail,
+    ///   but with a non-retryable error and never a panic.
+    /// - Works on a handle read back from a journal in another process.
+    async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError>;
+
+    /// The resources this backend holds for this orchestrator, live or leaked.
+    ///
+    /// # Behavior
+    /// - Backends without `leak_listing` return an empty list.
+    /// - Each entry carries a handle that `teardown` accepts.
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+        let _ = ctx;
+        Ok(Vec::new())
+    }
+}
+
+/// The form the factory hands out.
+pub type DynRunnerAdapter = dyn RunnerAdapter;

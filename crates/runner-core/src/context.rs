@@ -1,0 +1,323 @@
+//! The per-call context: ids, attempt, deadline, cancellation and the live log sink.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::redact::Redactor;
+
+/// Which stream a live log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    /// The test's standard output.
+    Stdout,
+    /// The test's standard error.
+    Stderr,
+    /// A message from the backend itself (queue position, pod phase, ...).
+    System,
+}
+
+/// One line of live output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Where it came from.
+    pub stream: LogStream,
+    /// The text, without its line ending, at most [`LogSink::MAX_LINE_BYTES`] long.
+    pub text: String,
+}
+
+/// Where a backend sends live log lines.
+///
+/// The channel behind it is bounded: when the consumer is slow, `send` waits,
+/// so the producer slows down instead of memory growing. Lines longer than
+/// [`LogSink::MAX_LINE_BYTES`] are cut. Secret values registered on the sink
+/// are replaced by `***` before a line leaves it. A sink whose consumer went
+/// away drops lines silently: live logs are best effort, the log artifacts are
+/// the record.
+#[derive(Debug, Clone, Default)]
+pub struct LogSink {
+    tx: Option<mpsc::Sender<LogLine>>,
+    redactor: Redactor,
+}
+
+/// The consuming end of a [`LogSink`].
+#[derive(Debug)]
+pub struct LogReceiver {
+    rx: mpsc::Receiver<LogLine>,
+}
+
+impl LogSink {
+    /// The longest line a sink passes on; longer lines are cut at a char boundary.
+    pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+    /// A sink and its receiver, holding at most `capacity` lines in between.
+    pub fn channel(capacity: usize) -> (LogSink, LogReceiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            LogSink {
+                tx: Some(tx),
+                redactor: Redactor::default(),
+            },
+            LogReceiver { rx },
+        )
+    }
+
+    /// A sink that drops everything.
+    pub fn discard() -> LogSink {
+        LogSink::default()
+    }
+
+    /// This sink, also redacting the values `redactor` knows.
+    pub fn with_redactor(mut self, redactor: Redactor) -> LogSink {
+        self.redactor = redactor;
+        self
+    }
+
+    /// The redactor this sink applies; backends use it for their log files too.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Send one line, waiting while the consumer is behind.
+    pub async fn send(&self, stream: LogStream, text: &str) {
+        if let Some(tx) = &self.tx {
+            let line = LogLine {
+                stream,
+                text: self.prepare(text),
+            };
+            // A closed receiver means nobody is watching live; that is not an error.
+            let _ = tx.send(line).await;
+        }
+    }
+
+    /// Send one line without waiting; drops it when the buffer is full.
+    /// Returns whether the line was queued.
+    pub fn try_send(&self, stream: LogStream, text: &str) -> bool {
+        match &self.tx {
+            Some(tx) => tx
+                .try_send(LogLine {
+                    stream,
+                    text: self.prepare(text),
+                })
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    fn prepare(&self, text: &str) -> String {
+        let text = text.trim_end_matches(['\n', '\r']);
+        let redacted = self.redactor.redact(text);
+        truncate_at_char_boundary(&redacted, Self::MAX_LINE_BYTES).to_owned()
+    }
+}
+
+fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl LogReceiver {
+    /// The next line, or `None` once every sink is dropped.
+    pub async fn recv(&mut self) -> Option<LogLine> {
+        self.rx.recv().await
+    }
+
+    /// Drain everything queued now, without waiting.
+    pub fn drain_now(&mut self) -> Vec<LogLine> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.rx.try_recv() {
+            out.push(line);
+        }
+        out
+    }
+}
+
+/// What every phase call receives: who is running, until when, and where logs go.
+///
+/// Cloning is cheap; clones share the cancellation token and the sink.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    correlation_id: String,
+    execution_id: String,
+    execution_key: String,
+    attempt: u32,
+    deadline: Option<Instant>,
+    cancel: CancellationToken,
+    logs: LogSink,
+}
+
+impl RunContext {
+    /// A context for attempt 1 of `execution_id`, with no deadline and a discarding sink.
+    /// The execution key defaults to the execution id.
+    pub fn new(execution_id: impl Into<String>, correlation_id: impl Into<String>) -> Self {
+        let execution_id = execution_id.into();
+        Self {
+            correlation_id: correlation_id.into(),
+            execution_key: execution_id.clone(),
+            execution_id,
+            attempt: 1,
+            deadline: None,
+            cancel: CancellationToken::new(),
+            logs: LogSink::discard(),
+        }
+    }
+
+    /// Set the execution key: the idempotency key that stays the same across
+    /// redeliveries and retries of one task, so a backend never provisions twice.
+    pub fn with_execution_key(mut self, key: impl Into<String>) -> Self {
+        self.execution_key = key.into();
+        self
+    }
+
+    /// Set the attempt number (1-based).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Set an absolute deadline.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Set the deadline `timeout` from now, keeping an earlier existing deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        let new = Instant::now() + timeout;
+        self.deadline = Some(match self.deadline {
+            Some(old) if old < new => old,
+            _ => new,
+        });
+        self
+    }
+
+    /// Use this cancellation token.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// A context whose token is a child of this one's: cancelling the child
+    /// does not cancel the parent, cancelling the parent cancels the child.
+    pub fn child(&self) -> Self {
+        let mut child = self.clone();
+        child.cancel = self.cancel.child_token();
+        child
+    }
+
+    /// Use this log sink.
+    pub fn with_log_sink(mut self, logs: LogSink) -> Self {
+        self.logs = logs;
+        self
+    }
+
+    /// The correlation id (ties an execution to a CI pipeline, a request...).
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// The id of this execution attempt set.
+    pub fn execution_id(&self) -> &str {
+        &self.execution_id
+    }
+
+    /// The idempotency key of the task.
+    pub fn execution_key(&self) -> &str {
+        &self.execution_key
+    }
+
+    /// The attempt number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the current phase must end, if bounded.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left until the deadline; `None` when unbounded.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The cancellation token; backends select on `cancelled()` in long waits.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The live log sink.
+    pub fn logs(&self) -> &LogSink {
+        &self.logs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_sink_applies_backpressure_and_bounds_memory() {
+        let (sink, mut rx) = LogSink::channel(4);
+        for i in 0..4 {
+            assert!(sink.try_send(LogStream::Stdout, &format!("line {i}")));
+        }
+        // The fifth line does not fit: a bounded buffer refuses instead of growing.
+        assert!(!sink.try_send(LogStream::Stdout, "overflow"));
+        let producer = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.send(LogStream::Stdout, "waits").await }
+        });
+        let first = rx.recv().await.map(|l| l.text);
+        assert_eq!(first.as_deref(), Some("line 0"));
+        producer.await.ok();
+        let rest: Vec<_> = rx.drain_now().into_iter().map(|l| l.text).collect();
+        assert_eq!(rest, vec!["line 1", "line 2", "line 3", "waits"]);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_secrets_redacted() {
+        let (sink, mut rx) = LogSink::channel(2);
+        let sink = sink.with_redactor(Redactor::new(["hunter2"]));
+        sink.send(LogStream::Stderr, "password=hunter2\n").await;
+        sink.send(LogStream::Stdout, &"é".repeat(LogSink::MAX_LINE_BYTES))
+            .await;
+        let lines = rx.drain_now();
+        assert_eq!(lines[0].text, "password=***");
+        assert!(lines[1].text.len() <= LogSink::MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn with_timeout_keeps_the_earlier_deadline() {
+        let ctx = RunContext::new("e", "c").with_timeout(Duration::from_secs(1));
+        let first = ctx.deadline();
+        let ctx = ctx.with_timeout(Duration::from_secs(100));
+        assert_eq!(ctx.deadline(), first);
+    }
+
+    #[test]
+    fn child_cancellation_does_not_reach_parent() {
+        let parent = RunContext::new("e", "c");
+        let child = parent.child();
+        child.cancel_token().cancel();
+        assert!(child.is_cancelled());
+        assert!(!parent.is_cancelled());
+        parent.cancel_token().cancel();
+        assert!(parent.child().is_cancelled());
+    }
+}

@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+
+pub mod adapter;
+pub mod artifact;
+pub mod blocking;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod handle;
+pub mod phase;
+pub mod redact;
+pub mod result;
+pub mod safe_path;
+pub mod spec;
+
+pub use adapter::{Capabilities, DynRunnerAdapter, OwnedResource, RunnerAdapter};
+pub use artifact::{Artifact, ArtifactBundle, ArtifactKind, ArtifactLocation};
+pub use config::{ConfigError, PhaseTimeouts, RunnerConfig};
+pub use context::{LogLine, LogReceiver, LogSink, LogStream, RunContext};
+pub use error::{
+    ArtifactError, ErrorKind, ExecutionError, ProvisionError, RunnerError, TeardownError,
+};
+pub use handle::{HandleError, RunnerHandle};
+pub use phase::{Phase, PhaseMarker};
+pub use redact::Redactor;
+pub use result::{Diagnosis, TestCounts, TestResult, TestStatus};
+pub use spec::{BenchSpec, EnvVar, SpecError, TestPayload, decode_section};
+
+/// Re-exported so backends implement the trait with the same macro version.
+pub use async_trait::async_trait;
+/// Re-exported so every crate shares one cancellation token type.
+pub use tokio_util::sync::CancellationToken;

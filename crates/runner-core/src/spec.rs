@@ -1,0 +1,231 @@
+//! What to provision ([`BenchSpec`]) and what to run ([`TestPayload`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::redact::Redactor;
+
+/// A spec, payload or backend section that does not parse or validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: field `{field}`: {message}")]
+pub struct SpecError {
+    /// Where the text came from (file name, `bench`, `payload`...).
+    pub origin: String,
+    /// Dotted path of the offending field (`.` for the document itself).
+    pub field: String,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// The environment a test runs in: which machine, bench or pod.
+///
+/// Common fields are typed; `backend` is the section that the chosen backend
+/// decodes into its own config with [`decode_section`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchSpec {
+    /// A human name for the bench (shown in logs and reports).
+    #[serde(default)]
+    pub name: String,
+    /// Labels for selection and tagging.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The backend's own section.
+    #[serde(default)]
+    pub backend: serde_json::Value,
+}
+
+/// One environment variable of a payload: a plain value or a secret one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EnvVar {
+    /// A value that may appear in logs.
+    Plain(String),
+    /// A value with flags.
+    Detailed {
+        /// The value.
+        value: String,
+        /// A secret reaches the process but never a log, span or artifact.
+        #[serde(default)]
+        secret: bool,
+    },
+}
+
+impl EnvVar {
+    /// The value to put in the process environment.
+    pub fn value(&self) -> &str {
+        match self {
+            EnvVar::Plain(v) | EnvVar::Detailed { value: v, .. } => v,
+        }
+    }
+
+    /// Whether the value is secret.
+    pub fn is_secret(&self) -> bool {
+        matches!(self, EnvVar::Detailed { secret: true, .. })
+    }
+}
+
+impl fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_secret() {
+            f.write_str("EnvVar(***)")
+        } else {
+            write!(f, "EnvVar({:?})", self.value())
+        }
+    }
+}
+
+/// What to run: a command, its environment, its time limit and what to keep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestPayload {
+    /// A name for reports (JUnit test name).
+    #[serde(default)]
+    pub name: String,
+    /// The command as argv; `command[0]` is the program.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Run `command` joined with spaces through `sh -c` instead of exec'ing argv.
+    #[serde(default)]
+    pub shell: bool,
+    /// Environment variables added to the process.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvVar>,
+    /// A test package (a directory or archive path, or a URI the backend understands).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// Working directory relative to the package root.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// The test's own time limit; the run phase timeout applies when absent.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Glob patterns, relative to the working directory, of files to keep.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// The backend's own section.
+    #[serde(default)]
+    pub backend: serde_json::Value,
+}
+
+impl TestPayload {
+    /// A redactor for every secret value in `env`.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(
+            self.env
+                .values()
+                .filter(|v| v.is_secret())
+                .map(|v| v.value().to_owned()),
+        )
+    }
+}
+
+/// Parse YAML (or JSON, which is YAML) into `T`, naming the bad field on error.
+pub fn from_yaml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, SpecError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| SpecError {
+        origin: origin.to_owned(),
+        field: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    })
+}
+
+/// Read and parse a YAML file into `T`.
+pub fn from_yaml_file<T: DeserializeOwned>(path: &Path) -> Result<T, SpecError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        origin: origin.clone(),
+        field: ".".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    from_yaml_str(&text, &origin)
+}
+
+impl BenchSpec {
+    /// Parse a bench spec from YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
+        from_yaml_str(text, "bench")
+    }
+}
+
+impl TestPayload {
+    /// Parse a payload from YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
+        from_yaml_str(text, "payload")
+    }
+}
+
+/// Decode a backend section into the backend's typed config.
+///
+/// `prefix` names the section in errors (`bench.backend`), so a bad field
+/// comes out as `bench.backend.image`. A missing (null) section decodes as an
+/// empty mapping, so configs whose fields all have defaults need none.
+pub fn decode_section<T: DeserializeOwned>(
+    section: &serde_json::Value,
+    prefix: &str,
+) -> Result<T, SpecError> {
+    let value = match section {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        other => other.clone(),
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        SpecError {
+            origin: prefix.to_owned(),
+            field: if path == "." {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{path}")
+            },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Section {
+        image: String,
+        #[serde(default)]
+        cpus: u32,
+    }
+
+    #[test]
+    fn payload_parses_secret_env_and_hides_it_in_debug() {
+        let p = TestPayload::from_yaml(
+            "command: [echo, hi]\nenv:\n  A: plain\n  TOKEN: {value: s3cr3t, secret: true}\n",
+        )
+        .unwrap();
+        assert_eq!(p.env["TOKEN"].value(), "s3cr3t");
+        let dbg = format!("{p:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        assert_eq!(p.redactor().redact("x=s3cr3t"), "x=***");
+    }
+
+    #[test]
+    fn unknown_payload_key_is_named() {
+        let err = TestPayload::from_yaml("comand: [x]\n").unwrap_err();
+        assert!(err.to_string().contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn section_errors_carry_the_prefixed_field() {
+        let err = decode_section::<Section>(
+            &serde_json::json!({"image": "x", "cpus": -1}),
+            "bench.backend",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "bench.backend.cpus");
+        let err = decode_section::<Section>(&serde_json::Value::Null, "bench.backend").unwrap_err();
+        assert!(err.message.contains("image"), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Ready-made benches and payloads for tests of and with the mock.
+
+use runner_core::{BenchSpec, TestPayload};
+use serde_json::json;
+
+/// A valid bench.
+pub fn bench() -> BenchSpec {
+    BenchSpec {
+        name: "mock-bench".into(),
+        ..BenchSpec::default()
+    }
+}
+
+/// A bench whose `bench.backend.seed` is not a number.
+pub fn invalid_bench() -> BenchSpec {
+    BenchSpec {
+        name: "bad".into(),
+        backend: json!({"seed": "not-a-number"}),
+        ..BenchSpec::default()
+    }
+}
+
+/// The field [`invalid_bench`] gets wrong.
+pub const INVALID_FIELD: &str = "bench.backend.seed";
+
+/// A payload that passes.
+pub fn passing() -> TestPayload {
+    payload("passes", json!({"outcome": "pass"}))
+}
+
+/// A payload that fails.
+pub fn failing() -> TestPayload {
+    payload("fails", json!({"outcome": "fail"}))
+}
+
+/// A payload that runs for ten minutes unless cancelled.
+pub fn long_running() -> TestPayload {
+    payload("long", json!({"outcome": "pass", "duration_ms": 600_000}))
+}
+
+fn payload(name: &str, backend: serde_json::Value) -> TestPayload {
+    TestPayload {
+        name: name.into(),
+        command: vec!["mock".into()],
+        backend,
+        ..TestPayload::default()
+    }
+}

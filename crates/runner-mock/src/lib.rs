@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod fault;
+pub mod fixtures;
+mod runner;
+
+pub use fault::{Fault, FaultPlan, FaultRule};
+pub use runner::{ArtifactMode, LocalMockRunner, MockConfig, MockPayload, RecordedCall};
+
+/// The runner type name this crate registers.
+pub const RUNNER_TYPE: &str = "local_mock";

@@ -1,0 +1,159 @@
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `cargo xtask ci`: format check, clippy with `-D warnings`, every test,
+//!   the contract suite of every backend, and the README's main command.
+//! - `cargo xtask contract [--backend NAME]`: the contract suite of one or all backends.
+
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Backends with a contract test target: (runner type, package, test target).
+const BACKENDS: &[(&str, &str, &str)] = &[
+    ("local_mock", "runner-mock", "contract"),
+    ("local", "runner-local", "contract"),
+];
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("contract") => contract(&args[1..]),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print_help();
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}`; run `cargo xtask help`")),
+    }
+}
+
+fn print_help() {
+    println!(
+        "cargo xtask <task>\n\n\
+         tasks:\n  \
+         ci                          fmt check, clippy -D warnings, all tests, contract suites, README main command\n  \
+         contract [--backend NAME]   the contract suite of one backend (known: {})\n",
+        BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+    );
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    println!("==> {step}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{step}: cannot start {cmd:?}: {e}"))?;
+    println!(
+        "<== {step}: {status} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})"))
+    }
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "test",
+        cargo().args(["test", "--workspace", "--all-targets"]),
+    )?;
+    run("doctest", cargo().args(["test", "--workspace", "--doc"]))?;
+    contract(&[])?;
+    readme_main_command()?;
+    println!("ci passed in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn contract(args: &[String]) -> Result<()> {
+    let selected: Vec<&(&str, &str, &str)> = match args {
+        [] => BACKENDS.iter().collect(),
+        [flag, name] if flag == "--backend" => {
+            let found = BACKENDS
+                .iter()
+                .find(|b| b.0 == name.as_str())
+                .ok_or_else(|| {
+                    format!(
+                        "unknown backend `{name}`; known: {}",
+                        BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+            vec![found]
+        }
+        _ => return Err("usage: cargo xtask contract [--backend NAME]".into()),
+    };
+    for (name, package, target) in selected {
+        if !project_root()
+            .join("crates")
+            .join(package)
+            .join("tests")
+            .join(format!("{target}.rs"))
+            .exists()
+        {
+            println!("==> contract {name}: skipped, crate {package} has no contract test yet");
+            continue;
+        }
+        run(
+            &format!("contract {name}"),
+            cargo().args(["test", "-p", package, "--test", target]),
+        )?;
+    }
+    Ok(())
+}
+
+/// The README's main command, so a broken quick start fails CI.
+fn readme_main_command() -> Result<()> {
+    let readme = std::fs::read_to_string(project_root().join("README.md"))
+        .map_err(|e| format!("cannot read README.md: {e}"))?;
+    let Some(line) = readme
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo run") && l.contains(" run --bench"))
+    else {
+        println!("==> README main command: none yet");
+        return Ok(());
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    run("README main command", cargo().args(&words[1..]))
+}
