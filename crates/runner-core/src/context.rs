@@ -39,30 +39,89 @@ pub struct LogLine {
 /// the record.
 #[derive(Debug, Clone, Default)]
 pub struct LogSink {
-    tx: Option<mpsc::Sender<LogLine>>,
+    tx: Option<mpsc::Sender<Vec<LogLine>>>,
     redactor: Redactor,
 }
 
 /// The consuming end of a [`LogSink`].
 #[derive(Debug)]
 pub struct LogReceiver {
-    rx: mpsc::Receiver<LogLine>,
+    rx: mpsc::Receiver<Vec<LogLine>>,
+    pending: std::collections::VecDeque<LogLine>,
+}
+
+/// Lines gathered to cross the channel in one message (at most
+/// [`LogSink::BATCH_LINES`]); a fast producer pays one hand-off per batch,
+/// not per line.
+#[derive(Debug, Default)]
+pub struct LogBatch {
+    lines: Vec<LogLine>,
+}
+
+impl LogBatch {
+    /// Whether the batch reached [`LogSink::BATCH_LINES`] and should be sent.
+    pub fn is_full(&self) -> bool {
+        self.lines.len() >= LogSink::BATCH_LINES
+    }
+
+    /// Whether it holds no line.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
 }
 
 impl LogSink {
     /// The longest line a sink passes on; longer lines are cut at a char boundary.
     pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
-    /// A sink and its receiver, holding at most `capacity` lines in between.
+    /// The most lines one batch carries.
+    pub const BATCH_LINES: usize = 64;
+
+    /// A sink and its receiver, holding at most about `capacity` lines in
+    /// between (rounded up to whole batches of [`LogSink::BATCH_LINES`]).
     pub fn channel(capacity: usize) -> (LogSink, LogReceiver) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let batches = capacity.div_ceil(Self::BATCH_LINES).max(1);
+        let (tx, rx) = mpsc::channel(batches);
         (
             LogSink {
                 tx: Some(tx),
                 redactor: Redactor::default(),
             },
-            LogReceiver { rx },
+            LogReceiver {
+                rx,
+                pending: Default::default(),
+            },
         )
+    }
+
+    /// Add a line to `batch`, redacted and cut like a sent line.
+    pub fn push(&self, batch: &mut LogBatch, stream: LogStream, text: &str) {
+        if self.tx.is_some() {
+            batch.lines.push(LogLine {
+                stream,
+                text: self.prepare(text),
+            });
+        }
+    }
+
+    /// Send a batch, waiting while the consumer is behind.
+    pub async fn send_batch(&self, batch: &mut LogBatch) {
+        if let Some(tx) = &self.tx
+            && !batch.lines.is_empty()
+        {
+            let _ = tx.send(std::mem::take(&mut batch.lines)).await;
+        }
+        batch.lines.clear();
+    }
+
+    /// Send a batch from a blocking thread (never from async code).
+    pub fn blocking_send_batch(&self, batch: &mut LogBatch) {
+        if let Some(tx) = &self.tx
+            && !batch.lines.is_empty()
+        {
+            let _ = tx.blocking_send(std::mem::take(&mut batch.lines));
+        }
+        batch.lines.clear();
     }
 
     /// A sink that drops everything.
@@ -89,7 +148,19 @@ impl LogSink {
                 text: self.prepare(text),
             };
             // A closed receiver means nobody is watching live; that is not an error.
-            let _ = tx.send(line).await;
+            let _ = tx.send(vec![line]).await;
+        }
+    }
+
+    /// Send one line from a thread outside the async runtime (a blocking
+    /// reader), waiting while the consumer is behind. Must not be called
+    /// from async code.
+    pub fn blocking_send(&self, stream: LogStream, text: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.blocking_send(vec![LogLine {
+                stream,
+                text: self.prepare(text),
+            }]);
         }
     }
 
@@ -98,10 +169,10 @@ impl LogSink {
     pub fn try_send(&self, stream: LogStream, text: &str) -> bool {
         match &self.tx {
             Some(tx) => tx
-                .try_send(LogLine {
+                .try_send(vec![LogLine {
                     stream,
                     text: self.prepare(text),
-                })
+                }])
                 .is_ok(),
             None => false,
         }
@@ -128,14 +199,19 @@ fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
 impl LogReceiver {
     /// The next line, or `None` once every sink is dropped.
     pub async fn recv(&mut self) -> Option<LogLine> {
-        self.rx.recv().await
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                return Some(line);
+            }
+            self.pending.extend(self.rx.recv().await?);
+        }
     }
 
     /// Drain everything queued now, without waiting.
     pub fn drain_now(&mut self) -> Vec<LogLine> {
-        let mut out = Vec::new();
-        while let Ok(line) = self.rx.try_recv() {
-            out.push(line);
+        let mut out: Vec<LogLine> = self.pending.drain(..).collect();
+        while let Ok(batch) = self.rx.try_recv() {
+            out.extend(batch);
         }
         out
     }
@@ -273,11 +349,12 @@ mod tests {
 
     #[tokio::test]
     async fn full_sink_applies_backpressure_and_bounds_memory() {
-        let (sink, mut rx) = LogSink::channel(4);
+        // 4 * 64 lines round to 4 batch slots; single lines take one slot each.
+        let (sink, mut rx) = LogSink::channel(4 * LogSink::BATCH_LINES);
         for i in 0..4 {
             assert!(sink.try_send(LogStream::Stdout, &format!("line {i}")));
         }
-        // The fifth line does not fit: a bounded buffer refuses instead of growing.
+        // The fifth does not fit: a bounded buffer refuses instead of growing.
         assert!(!sink.try_send(LogStream::Stdout, "overflow"));
         let producer = tokio::spawn({
             let sink = sink.clone();
@@ -292,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_lines_are_cut_and_secrets_redacted() {
-        let (sink, mut rx) = LogSink::channel(2);
+        let (sink, mut rx) = LogSink::channel(2 * LogSink::BATCH_LINES);
         let sink = sink.with_redactor(Redactor::new(["hunter2"]));
         sink.send(LogStream::Stderr, "password=hunter2\n").await;
         sink.send(LogStream::Stdout, &"é".repeat(LogSink::MAX_LINE_BYTES))
@@ -300,6 +377,23 @@ mod tests {
         let lines = rx.drain_now();
         assert_eq!(lines[0].text, "password=***");
         assert!(lines[1].text.len() <= LogSink::MAX_LINE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn batches_arrive_as_lines_in_order() {
+        let (sink, mut rx) = LogSink::channel(128);
+        let mut batch = LogBatch::default();
+        for i in 0..LogSink::BATCH_LINES {
+            sink.push(&mut batch, LogStream::Stdout, &format!("{i}"));
+        }
+        assert!(batch.is_full());
+        sink.send_batch(&mut batch).await;
+        assert!(batch.is_empty());
+        sink.send(LogStream::Stderr, "after").await;
+        let lines = rx.drain_now();
+        assert_eq!(lines.len(), LogSink::BATCH_LINES + 1);
+        assert_eq!(lines[0].text, "0");
+        assert_eq!(lines[LogSink::BATCH_LINES].text, "after");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod spec;
 pub use adapter::{Capabilities, DynRunnerAdapter, OwnedResource, RunnerAdapter};
 pub use artifact::{Artifact, ArtifactBundle, ArtifactKind, ArtifactLocation};
 pub use config::{ConfigError, PhaseTimeouts, RunnerConfig};
-pub use context::{LogLine, LogReceiver, LogSink, LogStream, RunContext};
+pub use context::{LogBatch, LogLine, LogReceiver, LogSink, LogStream, RunContext};
 pub use error::{
     ArtifactError, ErrorKind, ExecutionError, ProvisionError, RunnerError, TeardownError,
 };

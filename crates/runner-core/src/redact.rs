@@ -39,6 +39,35 @@ impl Redactor {
         self.secrets.is_empty()
     }
 
+    /// The length in bytes of the longest secret (0 when empty).
+    pub fn longest(&self) -> usize {
+        self.secrets.first().map_or(0, String::len)
+    }
+
+    /// `bytes` with every secret replaced, for binary-safe file copies.
+    pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for secret in self.secrets.iter() {
+            let needle = secret.as_bytes();
+            if needle.len() > out.len() {
+                continue;
+            }
+            let mut result = Vec::with_capacity(out.len());
+            let mut i = 0;
+            while i < out.len() {
+                if out[i..].starts_with(needle) {
+                    result.extend_from_slice(REDACTED.as_bytes());
+                    i += needle.len();
+                } else {
+                    result.push(out[i]);
+                    i += 1;
+                }
+            }
+            out = result;
+        }
+        out
+    }
+
     /// `text` with every secret replaced.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);

@@ -1,0 +1,105 @@
+//! Typed, validated settings of the local runner.
+
+use std::path::PathBuf;
+
+use runner_core::{ConfigError, RunnerConfig, decode_section};
+use serde::{Deserialize, Serialize};
+
+/// The `backend` section of a `local` runner config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Where working directories are made.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Where artifacts are copied (from the runner config's `artifacts_dir`).
+    #[serde(skip, default = "default_artifacts")]
+    pub artifacts_dir: PathBuf,
+    /// Milliseconds between SIGTERM and SIGKILL on timeout or cancellation.
+    #[serde(default = "default_grace")]
+    pub kill_grace_ms: u64,
+    /// Environment variables of the worker passed to every test (names).
+    #[serde(default = "default_passthrough")]
+    pub env_passthrough: Vec<String>,
+    /// Each log file stops growing at this size; a marker line says so.
+    #[serde(default = "default_max_log")]
+    pub max_log_bytes: u64,
+}
+
+fn default_root() -> PathBuf {
+    std::env::temp_dir().join("orchestrator-local")
+}
+fn default_artifacts() -> PathBuf {
+    PathBuf::from("artifacts")
+}
+fn default_grace() -> u64 {
+    2_000
+}
+fn default_passthrough() -> Vec<String> {
+    ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_log() -> u64 {
+    4 * 1024 * 1024 * 1024
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            root: default_root(),
+            artifacts_dir: default_artifacts(),
+            kill_grace_ms: default_grace(),
+            env_passthrough: default_passthrough(),
+            max_log_bytes: default_max_log(),
+        }
+    }
+}
+
+impl LocalConfig {
+    /// From a runner config: its `backend` section and `artifacts_dir`.
+    pub fn from_runner_config(config: &RunnerConfig) -> Result<Self, ConfigError> {
+        let mut local: LocalConfig =
+            decode_section(&config.backend, "backend").map_err(|e| ConfigError::Key {
+                key: e.field,
+                message: e.message,
+            })?;
+        local.artifacts_dir = config.artifacts_dir.clone();
+        if local.root.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "backend.root".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        Ok(local)
+    }
+}
+
+/// The `backend` section of a bench for `local`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBench {
+    /// A prefix for the working directory's name (letters, digits, `-`, `_`).
+    #[serde(default)]
+    pub workdir_prefix: Option<String>,
+}
+
+impl LocalBench {
+    /// Check what types cannot; returns the bad field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(prefix) = &self.workdir_prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 64
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err((
+                    "bench.backend.workdir_prefix",
+                    format!("{prefix:?} must be 1 to 64 letters, digits, `-` or `_`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Process-group, output, artifact and secret behaviour of the local runner.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use runner_core::{
+    ArtifactLocation, EnvVar, ErrorKind, LogSink, RunContext, RunnerAdapter, TestPayload,
+    TestStatus,
+};
+
+fn ctx(name: &str) -> RunContext {
+    RunContext::new(format!("{name}-{}", std::process::id()), "corr")
+}
+
+#[tokio::test]
+async fn payload_timeout_kills_the_whole_process_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let marker = format!("TREE_MARKER={}", std::process::id());
+    let ctx = ctx("tree");
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    // A child that starts grandchildren, all of them sleeping far past the limit.
+    let mut payload = common::sh(
+        "(sleep 300 & sleep 300 & wait) & (sh -c 'sleep 300' &) ; echo spawned; sleep 300",
+    );
+    payload.env.insert(
+        "TREE_MARKER".into(),
+        EnvVar::Plain(std::process::id().to_string()),
+    );
+    payload.timeout_seconds = Some(1);
+    let result = runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    assert_eq!(result.status, TestStatus::TimedOut, "{result:?}");
+    // The group was SIGKILLed before run_test returned; allow the kernel to reap.
+    let mut left = common::processes_with_marker(&marker);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = common::processes_with_marker(&marker);
+    }
+    assert!(left.is_empty(), "processes survived the timeout: {left:?}");
+    runner.teardown(&ctx, &handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn cancellation_mid_run_stops_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = std::sync::Arc::new(common::runner(dir.path()));
+    let (sink, mut rx) = LogSink::channel(256);
+    let ctx = ctx("cancel").with_log_sink(sink);
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let run = {
+        let (runner, ctx, handle) = (runner.clone(), ctx.clone(), handle.clone());
+        tokio::spawn(async move {
+            runner
+                .run_test(
+                    &ctx,
+                    &handle,
+                    &common::sh("echo up; trap '' TERM; sleep 600"),
+                )
+                .await
+        })
+    };
+    let first = rx.recv().await.unwrap();
+    assert_eq!(first.text, "up");
+    ctx.cancel_token().cancel();
+    // The test ignores SIGTERM; SIGKILL after the 500 ms grace ends it.
+    let result = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run_test must end after cancellation")
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.status, TestStatus::Cancelled);
+    runner.teardown(&ctx, &handle).await.unwrap();
+    assert!(!runner.config().root.join("does-not-matter").exists());
+}
+
+#[tokio::test]
+async fn missing_command_is_a_permanent_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let ctx = ctx("missing");
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let payload = TestPayload {
+        command: vec!["definitely-not-a-command-xyz".into(), "--flag".into()],
+        ..TestPayload::default()
+    };
+    let err = runner.run_test(&ctx, &handle, &payload).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert!(
+        err.to_string().contains("definitely-not-a-command-xyz"),
+        "{err}"
+    );
+    let empty = runner
+        .run_test(&ctx, &handle, &TestPayload::default())
+        .await
+        .unwrap_err();
+    assert_eq!(empty.kind(), ErrorKind::InvalidSpec);
+    assert_eq!(empty.field(), Some("payload.command"));
+    runner.teardown(&ctx, &handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn artifact_traversal_and_outward_symlinks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "outside data").unwrap();
+    let runner = common::runner(dir.path());
+    let ctx = ctx("traversal");
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let script = format!(
+        "mkdir -p out && echo ok > out/report.txt && ln -s {} out/leak.txt && ln -s report.txt out/alias.txt",
+        outside.path().join("secret.txt").display()
+    );
+    let mut payload = common::sh(&script);
+    payload.artifacts = vec!["out/*.txt".into()];
+    runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    let bundle = runner
+        .collect_artifacts(&ctx, &handle, &payload)
+        .await
+        .unwrap();
+    let names: Vec<_> = bundle.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.contains(&"out/report.txt"), "{names:?}");
+    assert!(
+        names.contains(&"out/alias.txt"),
+        "inward symlink kept: {names:?}"
+    );
+    assert!(
+        !names.contains(&"out/leak.txt"),
+        "outward symlink collected: {names:?}"
+    );
+    assert!(names.contains(&"logs/stdout.log") && names.contains(&"logs/stderr.log"));
+    for artifact in &bundle.artifacts {
+        let ArtifactLocation::Local(path) = &artifact.location else {
+            panic!()
+        };
+        assert!(path.starts_with(dir.path().join("artifacts")), "{path:?}");
+    }
+
+    payload.artifacts = vec!["../../*".into()];
+    let err = runner
+        .collect_artifacts(&ctx, &handle, &payload)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+    assert_eq!(err.field(), Some("payload.artifacts[0]"));
+    runner.teardown(&ctx, &handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn secret_env_reaches_the_process_but_no_log_or_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let (sink, mut rx) = LogSink::channel(256);
+    let ctx = ctx("secret").with_log_sink(sink);
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let secret = "pa55-w0rd-zz9";
+    let mut payload = common::sh(
+        "echo token=$API_TOKEN; echo err $API_TOKEN >&2; echo $API_TOKEN > report.txt; \
+         case $API_TOKEN in pa55-*-zz9) ;; *) exit 1 ;; esac",
+    );
+    payload.env.insert(
+        "API_TOKEN".into(),
+        EnvVar::Detailed {
+            value: secret.into(),
+            secret: true,
+        },
+    );
+    payload.artifacts = vec!["report.txt".into()];
+    let result = runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    assert_eq!(
+        result.status,
+        TestStatus::Passed,
+        "the process must see the real value"
+    );
+    let bundle = runner
+        .collect_artifacts(&ctx, &handle, &payload)
+        .await
+        .unwrap();
+    let lines: Vec<_> = rx.drain_now().into_iter().map(|l| l.text).collect();
+    assert!(lines.contains(&"token=***".to_owned()), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains(secret)));
+    assert_eq!(bundle.artifacts.len(), 3);
+    for artifact in &bundle.artifacts {
+        let ArtifactLocation::Local(path) = &artifact.location else {
+            panic!()
+        };
+        let bytes = std::fs::read(path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{} holds the secret",
+            artifact.name
+        );
+    }
+    assert!(!format!("{payload:?}").contains(secret));
+    runner.teardown(&ctx, &handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn teardown_from_another_runner_instance_kills_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("ORPHAN_MARKER={}", std::process::id());
+    let first = std::sync::Arc::new(common::runner(dir.path()));
+    let ctx = ctx("orphan");
+    let handle = first.provision(&ctx, &common::bench()).await.unwrap();
+    let mut payload = common::sh("echo up; sleep 600");
+    payload.env.insert(
+        "ORPHAN_MARKER".into(),
+        EnvVar::Plain(std::process::id().to_string()),
+    );
+    let (sink, mut rx) = LogSink::channel(256);
+    let run_ctx = ctx.clone().with_log_sink(sink);
+    let running = {
+        let (first, handle) = (first.clone(), handle.clone());
+        tokio::spawn(async move { first.run_test(&run_ctx, &handle, &payload).await })
+    };
+    rx.recv().await.unwrap();
+    // A second instance (as the reaper in another process would) sees and ends it.
+    let second = common::runner(dir.path());
+    let owned = second.list_owned(&ctx).await.unwrap();
+    assert_eq!(owned.len(), 1);
+    let json = owned[0].handle.to_json();
+    let handle_back = runner_core::RunnerHandle::from_json(&json).unwrap();
+    second.teardown(&ctx, &handle_back).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        result.status,
+        TestStatus::Failed,
+        "killed by SIGKILL: {result:?}"
+    );
+    assert!(common::processes_with_marker(&marker).is_empty());
+    assert!(second.list_owned(&ctx).await.unwrap().is_empty());
+    second.teardown(&ctx, &handle_back).await.unwrap();
+}
+
+#[tokio::test]
+async fn package_directory_is_staged_and_working_dir_is_confined() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = tempfile::tempdir().unwrap();
+    std::fs::create_dir(pkg.path().join("suite")).unwrap();
+    std::fs::write(pkg.path().join("suite/check.sh"), "echo staged-ok\n").unwrap();
+    let runner = common::runner(dir.path());
+    let (sink, mut rx) = LogSink::channel(256);
+    let ctx = ctx("stage").with_log_sink(sink);
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let mut payload = common::sh("sh check.sh");
+    payload.package = Some(pkg.path().display().to_string());
+    payload.working_dir = Some("suite".into());
+    let result = runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    assert!(result.passed(), "{result:?}");
+    assert!(rx.drain_now().iter().any(|l| l.text == "staged-ok"));
+    payload.working_dir = Some("../..".into());
+    let err = runner.run_test(&ctx, &handle, &payload).await.unwrap_err();
+    assert_eq!(err.field(), Some("payload.working_dir"));
+    payload.package = Some("/nonexistent/package.zip".into());
+    let fresh = ctx.clone().with_execution_key("other-key");
+    let h2 = runner.provision(&fresh, &common::bench()).await.unwrap();
+    let err = runner.run_test(&fresh, &h2, &payload).await.unwrap_err();
+    assert_eq!(err.field(), Some("payload.package"));
+    runner.teardown(&ctx, &handle).await.unwrap();
+    runner.teardown(&fresh, &h2).await.unwrap();
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1 GiB of output through the pumps: memory stays bounded. Runs in its own
+/// test binary process? No: the HWM is process-wide, so the bound is checked
+/// against the growth during this test, with the other tests' share included.
+#[tokio::test]
+async fn one_gib_of_output_keeps_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runner_config = runner_local::LocalConfig {
+        root: dir.path().join("work"),
+        artifacts_dir: dir.path().join("artifacts"),
+        ..runner_local::LocalConfig::default()
+    };
+    // The log file keeps 8 MiB; the rest still flows through the pipe and the sink.
+    runner_config.max_log_bytes = 8 * 1024 * 1024;
+    let runner = runner_local::LocalProcessRunner::new(runner_config);
+    let (sink, mut rx) = LogSink::channel(1024);
+    let ctx = ctx("gib").with_log_sink(sink);
+    let consumer = tokio::spawn(async move {
+        let mut lines = 0u64;
+        while rx.recv().await.is_some() {
+            lines += 1;
+        }
+        lines
+    });
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let before = peak_rss_kib();
+    // 1 GiB: 16 Mi lines of 63 characters plus newline.
+    let payload = common::sh(
+        "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -c 1073741824",
+    );
+    let started = std::time::Instant::now();
+    let result = runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    let took = started.elapsed();
+    assert!(result.passed(), "{result:?}");
+    runner.teardown(&ctx, &handle).await.unwrap();
+    drop(ctx);
+    let lines = consumer.await.unwrap();
+    let after = peak_rss_kib();
+    println!(
+        "1 GiB of output: {lines} lines in {took:.2?}, peak RSS {before} KiB before, {after} KiB after"
+    );
+    assert_eq!(
+        lines,
+        16 * 1024 * 1024 + 1,
+        "every line reached the sink (plus the end line)"
+    );
+    assert!(
+        after < 64 * 1024 + before,
+        "peak RSS grew from {before} to {after} KiB"
+    );
+}
