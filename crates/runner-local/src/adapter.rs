@@ -196,6 +196,11 @@ impl RunnerAdapter for LocalProcessRunner {
                 ),
             ));
         }
+        // A redelivered execution may find the process group of an attempt
+        // whose worker died; it must not run beside the new one.
+        if let Some(previous) = process::load(&state.group_file()) {
+            previous.kill();
+        }
         stage_package(ctx, &state, payload).await?;
         let cwd = match &payload.working_dir {
             Some(sub) => runner_core::safe_path::safe_join(&state.work(), sub).map_err(|e| {

@@ -1,0 +1,220 @@
+//! The worker's config file: queue, worker knobs and the runners it serves.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use runner_core::{ConfigError, RunnerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Backoff;
+
+/// Where the queue lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    /// The SQLite file (created if missing).
+    #[serde(default = "default_db")]
+    pub path: PathBuf,
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("orchestrator.sqlite3")
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        Self { path: default_db() }
+    }
+}
+
+/// How the worker consumes the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Executions at once.
+    #[serde(default = "d_concurrency")]
+    pub concurrency: usize,
+    /// Lease length; extended by a heartbeat while a test runs.
+    #[serde(default = "d_visibility")]
+    pub visibility_seconds: u64,
+    /// On SIGTERM: how long running executions may finish before they are cancelled.
+    #[serde(default = "d_grace")]
+    pub drain_grace_seconds: u64,
+    /// Idle polling interval.
+    #[serde(default = "d_poll")]
+    pub poll_ms: u64,
+    /// First retry delay (doubles each attempt, with jitter).
+    #[serde(default = "d_backoff_base")]
+    pub backoff_base_ms: u64,
+    /// Largest retry delay.
+    #[serde(default = "d_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// A worker silent this long is dead: the reaper takes its handles.
+    #[serde(default = "d_stale")]
+    pub stale_after_seconds: u64,
+    /// A leaked resource younger than this is left alone (it may be mid-provision).
+    #[serde(default = "d_leak_grace")]
+    pub leak_grace_seconds: u64,
+}
+
+fn d_concurrency() -> usize {
+    4
+}
+fn d_visibility() -> u64 {
+    60
+}
+fn d_grace() -> u64 {
+    30
+}
+fn d_poll() -> u64 {
+    200
+}
+fn d_backoff_base() -> u64 {
+    1_000
+}
+fn d_backoff_max() -> u64 {
+    300_000
+}
+fn d_stale() -> u64 {
+    60
+}
+fn d_leak_grace() -> u64 {
+    300
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            concurrency: d_concurrency(),
+            visibility_seconds: d_visibility(),
+            drain_grace_seconds: d_grace(),
+            poll_ms: d_poll(),
+            backoff_base_ms: d_backoff_base(),
+            backoff_max_ms: d_backoff_max(),
+            stale_after_seconds: d_stale(),
+            leak_grace_seconds: d_leak_grace(),
+        }
+    }
+}
+
+impl WorkerSection {
+    /// Lease length.
+    pub fn visibility(&self) -> Duration {
+        Duration::from_secs(self.visibility_seconds)
+    }
+    /// Retry delays.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(self.backoff_base_ms),
+            max: Duration::from_millis(self.backoff_max_ms),
+        }
+    }
+}
+
+/// The whole worker config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The queue.
+    #[serde(default)]
+    pub queue: QueueSection,
+    /// The worker.
+    #[serde(default)]
+    pub worker: WorkerSection,
+    /// The runners tasks may name (one per type).
+    #[serde(default)]
+    pub runners: Vec<RunnerConfig>,
+}
+
+impl WorkerConfig {
+    /// Parse and validate YAML; errors name the key.
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            runner_core::spec::from_yaml_str(text, "worker config").map_err(|e| {
+                ConfigError::Key {
+                    key: e.field,
+                    message: e.message,
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read a YAML file; relative paths in it are relative to the file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut config = Self::from_yaml_str(&text)?;
+        if let Some(base) = path.parent() {
+            if config.queue.path.is_relative() {
+                config.queue.path = base.join(&config.queue.path);
+            }
+            for runner in &mut config.runners {
+                if runner.artifacts_dir.is_relative() {
+                    runner.artifacts_dir = base.join(&runner.artifacts_dir);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.visibility_seconds == 0 {
+            return Err(invalid(
+                "worker.visibility_seconds",
+                "must be greater than 0",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, runner) in self.runners.iter().enumerate() {
+            runner.validate().map_err(|e| match e {
+                ConfigError::Invalid { key, message } | ConfigError::Key { key, message } => {
+                    ConfigError::Invalid {
+                        key: format!("runners[{i}].{key}"),
+                        message,
+                    }
+                }
+                other => other,
+            })?;
+            if !seen.insert(runner.runner_type.clone()) {
+                return Err(invalid(
+                    &format!("runners[{i}].type"),
+                    &format!("runner type `{}` is configured twice", runner.runner_type),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_nested_keys() {
+        let err = WorkerConfig::from_yaml_str("worker: {concurency: 3}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+        let err = WorkerConfig::from_yaml_str("runners:\n  - {type: local, timeout_seconds: -1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runners[0].timeout_seconds"), "{err}");
+        let err = WorkerConfig::from_yaml_str("runners: [{type: local}, {type: local}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runners[1].type"), "{err}");
+        let ok = WorkerConfig::from_yaml_str("runners: [{type: local_mock}]\n").unwrap();
+        assert_eq!(ok.worker.concurrency, 4);
+    }
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+pub mod engine;
+pub mod factory;
+pub mod junit;
+pub mod layers;
+pub mod metrics;
+pub mod policy;
+pub mod queue;
+pub mod reaper;
+pub mod serve;
+pub mod task;
+
+pub use engine::{Engine, EngineSettings, Execution, ExecutionOutcome};
+pub use factory::RunnerFactory;
+pub use metrics::Metrics;
+pub use policy::Disposition;
+pub use task::Task;

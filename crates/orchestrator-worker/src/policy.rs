@@ -1,0 +1,243 @@
+//! The outcome policy: one table from how an execution ended to what
+//! happens to its task.
+//!
+//! | how the execution ended | attempts left | disposition |
+//! |---|---|---|
+//! | a test result: passed, failed, error, timed_out | any | **ack** (the result is recorded) |
+//! | a test result: cancelled by worker shutdown | any | **release** (requeue now, attempt not counted) |
+//! | a test result: cancelled otherwise | yes / no | **requeue** with backoff / **dead letter** |
+//! | a retryable infrastructure error (transient, timeout, capacity) | yes | **requeue** with backoff |
+//! | a retryable infrastructure error | no | **dead letter** (attempts exhausted) |
+//! | a permanent error (permanent, invalid_spec, a panic, cancelled) | any | **dead letter** at once |
+//! | a bad task (not JSON, missing fields, unknown runner type) | any | **dead letter** at once |
+//!
+//! A teardown failure never changes the disposition: the handle is left in
+//! the journal for the reaper. An artifact failure after a result is
+//! recorded beside the result and the task is still acked.
+
+use std::time::Duration;
+
+use runner_core::{ErrorKind, Phase, TestStatus};
+use serde::{Deserialize, Serialize};
+
+/// What becomes of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "disposition")]
+pub enum Disposition {
+    /// Done: remove it from the queue.
+    Ack,
+    /// Try again after `delay`.
+    Requeue {
+        /// How long it stays invisible.
+        delay_ms: u64,
+    },
+    /// Put it back at once without counting the attempt (worker shutdown).
+    Release,
+    /// Give up: move it to the dead-letter queue.
+    DeadLetter {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How an execution ended, as far as the policy cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The test ran to a result.
+    Result {
+        /// Its status.
+        status: TestStatus,
+        /// Whether the worker was shutting down (a cancelled run is released).
+        shutting_down: bool,
+    },
+    /// The infrastructure failed.
+    Failed {
+        /// In which phase.
+        phase: Phase,
+        /// How the backend classified it.
+        kind: ErrorKind,
+        /// Whether a panic caused it.
+        panicked: bool,
+        /// Whether the worker was shutting down.
+        shutting_down: bool,
+    },
+    /// The task itself is unusable.
+    BadTask,
+}
+
+/// Retry delays: exponential from `base`, capped, with full jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay before the first retry (before jitter).
+    pub base: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after failed attempt `attempt` (1-based): a uniformly
+    /// random value in [d/2, d] with d = base * 2^(attempt-1), capped.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let full = self.base.saturating_mul(1u32 << exp).min(self.max);
+        let half = full / 2;
+        let jitter_ms = u64::try_from((full - half).as_millis()).unwrap_or(u64::MAX);
+        half + Duration::from_millis(fastrand::u64(0..=jitter_ms))
+    }
+}
+
+/// Apply the table. `attempt` is the attempt that just ended (1-based).
+pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, backoff: &Backoff) -> Disposition {
+    let retry_or_give_up = |what: String| {
+        if attempt < max_attempts {
+            Disposition::Requeue {
+                delay_ms: u64::try_from(backoff.delay(attempt).as_millis()).unwrap_or(u64::MAX),
+            }
+        } else {
+            Disposition::DeadLetter {
+                reason: format!("{what}; attempts exhausted ({attempt} of {max_attempts})"),
+            }
+        }
+    };
+    match ending {
+        Ending::Result {
+            status: TestStatus::Cancelled,
+            shutting_down: true,
+        }
+        | Ending::Failed {
+            shutting_down: true,
+            ..
+        } => Disposition::Release,
+        Ending::Result {
+            status: TestStatus::Cancelled,
+            ..
+        } => retry_or_give_up("run cancelled".into()),
+        Ending::Result { .. } => Disposition::Ack,
+        Ending::Failed {
+            phase,
+            kind,
+            panicked: false,
+            ..
+        } if kind.is_retryable() => retry_or_give_up(format!("{kind} error in {phase}")),
+        Ending::Failed {
+            phase,
+            kind,
+            panicked,
+            ..
+        } => Disposition::DeadLetter {
+            reason: if *panicked {
+                format!("the backend panicked in {phase}")
+            } else {
+                format!("{kind} error in {phase}")
+            },
+        },
+        Ending::BadTask => Disposition::DeadLetter {
+            reason: "bad task".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(kind: ErrorKind) -> Ending {
+        Ending::Failed {
+            phase: Phase::Provision,
+            kind,
+            panicked: false,
+            shutting_down: false,
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_table() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        for status in [
+            TestStatus::Passed,
+            TestStatus::Failed,
+            TestStatus::Error,
+            TestStatus::TimedOut,
+        ] {
+            let e = Ending::Result {
+                status,
+                shutting_down: false,
+            };
+            assert_eq!(decide(&e, 1, 3, &b), Disposition::Ack);
+            assert_eq!(decide(&e, 3, 3, &b), Disposition::Ack);
+        }
+        let cancelled_by_shutdown = Ending::Result {
+            status: TestStatus::Cancelled,
+            shutting_down: true,
+        };
+        assert_eq!(
+            decide(&cancelled_by_shutdown, 3, 3, &b),
+            Disposition::Release
+        );
+        for kind in [
+            ErrorKind::Transient,
+            ErrorKind::Timeout,
+            ErrorKind::Capacity,
+        ] {
+            assert!(matches!(
+                decide(&failed(kind), 1, 3, &b),
+                Disposition::Requeue { .. }
+            ));
+            assert!(matches!(
+                decide(&failed(kind), 3, 3, &b),
+                Disposition::DeadLetter { .. }
+            ));
+        }
+        for kind in [
+            ErrorKind::Permanent,
+            ErrorKind::InvalidSpec,
+            ErrorKind::Cancelled,
+        ] {
+            assert!(matches!(
+                decide(&failed(kind), 1, 3, &b),
+                Disposition::DeadLetter { .. }
+            ));
+        }
+        let panicked = Ending::Failed {
+            phase: Phase::RunTest,
+            kind: ErrorKind::Permanent,
+            panicked: true,
+            shutting_down: false,
+        };
+        match decide(&panicked, 1, 3, &b) {
+            Disposition::DeadLetter { reason } => assert!(reason.contains("panicked")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide(&Ending::BadTask, 1, 3, &b),
+            Disposition::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_within_jitter_bounds_and_caps() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            assert!(b.delay(20) <= Duration::from_millis(1000));
+        }
+    }
+}
