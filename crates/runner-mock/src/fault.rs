@@ -41,6 +41,9 @@ pub struct FaultRule {
     /// How many calls it hits; every call when absent.
     #[serde(default)]
     pub times: Option<u32>,
+    /// Hit only every N-th call of the phase (10 → 10 % of calls); all when absent.
+    #[serde(default)]
+    pub every: Option<u32>,
 }
 
 /// The faults a mock runner injects, consumed as calls arrive.
@@ -48,6 +51,7 @@ pub struct FaultRule {
 pub struct FaultPlan {
     rules: Vec<FaultRule>,
     fired: Mutex<HashMap<usize, u32>>,
+    seen: Mutex<HashMap<Phase, u64>>,
 }
 
 impl Clone for FaultPlan {
@@ -62,6 +66,7 @@ impl FaultPlan {
         Self {
             rules,
             fired: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -76,6 +81,18 @@ impl FaultPlan {
             phase,
             fault,
             times: None,
+            every: None,
+        });
+        self
+    }
+
+    /// Add a fault on every `n`-th call of `phase`.
+    pub fn every(mut self, phase: Phase, fault: Fault, n: u32) -> Self {
+        self.rules.push(FaultRule {
+            phase,
+            fault,
+            times: None,
+            every: Some(n.max(1)),
         });
         self
     }
@@ -86,6 +103,7 @@ impl FaultPlan {
             phase,
             fault,
             times: Some(times),
+            every: None,
         });
         self
     }
@@ -97,9 +115,20 @@ impl FaultPlan {
 
     /// The fault for this call of `phase`, if any; counts it as fired.
     pub fn next(&self, phase: Phase) -> Option<Fault> {
+        let call = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let n = seen.entry(phase).or_insert(0);
+            *n += 1;
+            *n
+        };
         let mut fired = self.fired.lock().unwrap_or_else(|p| p.into_inner());
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.phase != phase {
+                continue;
+            }
+            if let Some(every) = rule.every
+                && call % u64::from(every.max(1)) != 0
+            {
                 continue;
             }
             let count = fired.entry(i).or_insert(0);
@@ -168,6 +197,15 @@ mod tests {
         assert_eq!(plan.next(Phase::Provision), Some(Fault::Transient));
         assert_eq!(plan.next(Phase::Provision), Some(Fault::Delay { ms: 1 }));
         assert_eq!(plan.next(Phase::Teardown), None);
+    }
+
+    #[test]
+    fn every_nth_call_is_hit() {
+        let plan = FaultPlan::none().every(Phase::RunTest, Fault::Transient, 10);
+        let hits = (0..100)
+            .filter(|_| plan.next(Phase::RunTest).is_some())
+            .count();
+        assert_eq!(hits, 10);
     }
 
     #[test]

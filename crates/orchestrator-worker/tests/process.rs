@@ -1,0 +1,301 @@
+//! The `orchestrator` binary as an operator runs it: killed mid-run and
+//! restarted, drained on SIGTERM, and reaped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use orchestrator_worker::queue::{JournalState, SqliteStore, TaskQueue};
+
+const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
+
+struct Setup {
+    dir: tempfile::TempDir,
+    marker: String,
+}
+
+impl Setup {
+    fn new(name: &str, worker: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("{name}-{}-{}", std::process::id(), fastrand::u32(..));
+        let root = dir.path();
+        std::fs::write(
+            root.join("worker.yaml"),
+            format!(
+                "queue: {{path: queue.sqlite3}}\nworker: {{{worker}}}\nrunners:\n  - type: local\n    retries: 2\n    artifacts_dir: artifacts\n    backend: {{root: {}, kill_grace_ms: 200}}\n",
+                root.join("work").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("bench.yaml"), "name: here\n").unwrap();
+        Self { dir, marker }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn payload(&self, script: &str) -> PathBuf {
+        let path = self.path("payload.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "name: sleeper\ncommand: [sh, -c, \"{script}\"]\nenv: {{PROC_MARKER: {}}}\n",
+                self.marker
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--config", self.path("worker.yaml").to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+
+    fn submit(&self, key: &str, payload: &Path) {
+        let out = self.cli(&[
+            "submit",
+            "--runner",
+            "local",
+            "--key",
+            key,
+            "--bench",
+            self.path("bench.yaml").to_str().unwrap(),
+            "--payload",
+            payload.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn serve(&self, log: &str) -> Child {
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                self.path("worker.yaml").to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(log)).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.path("queue.sqlite3")).unwrap()
+    }
+
+    /// Live processes carrying this test's marker in their environment.
+    fn marked(&self) -> usize {
+        let needle = format!("PROC_MARKER={}", self.marker);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|s| s.parse::<u32>().is_ok())
+            })
+            .filter(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z'));
+                let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+                !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+            })
+            .count()
+    }
+
+    fn work_dirs(&self) -> usize {
+        std::fs::read_dir(self.path("work"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// Poll `cond` every 50 ms for at most `limit`.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn sigterm(child: &Child) {
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_mid_run_then_restart_and_reap_loses_nothing_and_leaks_nothing() {
+    let s = Setup::new(
+        "crash",
+        "concurrency: 2, visibility_seconds: 2, poll_ms: 50, stale_after_seconds: 2, leak_grace_seconds: 0, backoff_base_ms: 10",
+    );
+    let payload = s.payload("echo started; sleep 3; echo finished");
+    for i in 0..4 {
+        s.submit(&format!("crash-{i}"), &payload);
+    }
+    let mut first = s.serve("serve1.log");
+    assert!(
+        wait_for(Duration::from_secs(30), || s.marked() >= 2),
+        "tests never started"
+    );
+    first.kill().unwrap(); // SIGKILL: no drain, no teardown, leases left behind.
+    first.wait().unwrap();
+    assert!(
+        s.marked() >= 1,
+        "the killed worker's tests outlive it (own process groups)"
+    );
+
+    let mut second = s.serve("serve2.log");
+    let store = s.store();
+    let settled = wait_for(Duration::from_secs(90), || {
+        let d = block_on(store.depth()).unwrap();
+        d.done + d.dead == 4
+    });
+    sigterm(&second);
+    let status = wait_exit(&mut second, Duration::from_secs(30));
+    let log = std::fs::read_to_string(s.path("serve2.log")).unwrap_or_default();
+    assert!(
+        settled,
+        "tasks did not settle after the restart; log:\n{log}"
+    );
+    assert!(status.success(), "{status}; log:\n{log}");
+
+    let reap = s.cli(&["reap", "--stale-after", "0", "--leak-grace", "0"]);
+    assert!(
+        reap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reap.stdout)
+    );
+
+    let depth = block_on(store.depth()).unwrap();
+    assert_eq!((depth.done, depth.dead), (4, 0), "no task lost: {depth:?}");
+    assert_eq!(block_on(store.leased_count()).unwrap(), 0);
+    let journal = block_on(store.journal_entries()).unwrap();
+    assert_eq!(journal.len(), 4);
+    for entry in &journal {
+        assert_eq!(entry.state, JournalState::Released, "{entry:?}");
+        assert_eq!(
+            entry.provisions, 1,
+            "execution key provisioned twice: {entry:?}"
+        );
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || s.marked() == 0),
+        "test processes survived"
+    );
+    assert_eq!(s.work_dirs(), 0, "working directories left behind");
+    let outcomes = block_on(store.outcomes()).unwrap();
+    assert!(
+        outcomes.iter().all(|o| o.contains("\"passed\"")),
+        "{outcomes:#?}"
+    );
+}
+
+#[test]
+fn sigterm_drains_running_executions_and_leaves_no_lease() {
+    let s = Setup::new(
+        "drain",
+        "concurrency: 2, poll_ms: 50, drain_grace_seconds: 60",
+    );
+    let payload = s.payload("echo started; exec sleep 3");
+    s.submit("drain-1", &payload);
+    s.submit("drain-2", &payload);
+    let mut serve = s.serve("serve.log");
+    assert!(
+        wait_for(Duration::from_secs(30), || s.marked() == 2),
+        "tests never started"
+    );
+    sigterm(&serve);
+    let status = wait_exit(&mut serve, Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    let store = s.store();
+    let depth = block_on(store.depth()).unwrap();
+    assert_eq!(
+        depth.done, 2,
+        "running executions finished and were acked: {depth:?}"
+    );
+    assert_eq!(block_on(store.leased_count()).unwrap(), 0);
+    let outcomes = block_on(store.outcomes()).unwrap();
+    assert!(
+        outcomes.iter().all(|o| o.contains("\"passed\"")),
+        "{outcomes:#?}"
+    );
+    assert_eq!(s.marked(), 0);
+}
+
+#[test]
+fn drain_grace_over_cancels_tears_down_and_releases_the_task() {
+    let s = Setup::new(
+        "grace",
+        "concurrency: 1, poll_ms: 50, drain_grace_seconds: 1",
+    );
+    let payload = s.payload("echo started; exec sleep 600");
+    s.submit("grace-1", &payload);
+    let mut serve = s.serve("serve.log");
+    assert!(
+        wait_for(Duration::from_secs(30), || s.marked() == 1),
+        "test never started"
+    );
+    sigterm(&serve);
+    let status = wait_exit(&mut serve, Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    let store = s.store();
+    let depth = block_on(store.depth()).unwrap();
+    assert_eq!(
+        depth.ready, 1,
+        "the cancelled task is back on the queue: {depth:?}"
+    );
+    assert_eq!(block_on(store.leased_count()).unwrap(), 0);
+    assert_eq!(s.marked(), 0, "the cancelled test was stopped");
+    assert_eq!(s.work_dirs(), 0, "and torn down");
+    // Its attempt was given back: the next delivery is attempt 1 again.
+    let lease = block_on(TaskQueue::lease(&store, "probe", Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.attempt, 1);
+}
