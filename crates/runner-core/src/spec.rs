@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::redact::Redactor;
 
+/// The JSON value type of backend sections.
+pub use serde_json::Value as JsonValue;
+
 /// A spec, payload or backend section that does not parse or validate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{origin}: field `{field}`: {message}")]

@@ -1,0 +1,152 @@
+//! An example third-party backend, `echo`: synchronous code plugged in through
+//! the blocking shim and registered with the worker's factory from outside
+//! the worker crate. It "runs" a payload by echoing its command into a log.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use orchestrator_worker::RunnerFactory;
+use runner_core::artifact::sha256_bytes;
+use runner_core::blocking::{Blocking, BlockingRunnerAdapter};
+use runner_core::{
+    Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
+    Capabilities, ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerHandle,
+    TeardownError, TestPayload, TestResult, TestStatus, decode_section,
+};
+use serde::{Deserialize, Serialize};
+
+/// The runner type this crate registers.
+pub const RUNNER_TYPE: &str = "echo";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EchoBench {
+    #[serde(default)]
+    greeting: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EchoState {
+    greeting: String,
+}
+
+/// A synchronous backend; every environment is an entry in a map.
+#[derive(Debug, Default)]
+pub struct EchoRunner {
+    live: Mutex<BTreeMap<String, Vec<String>>>,
+}
+
+impl EchoRunner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<String>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn decode<P: runner_core::PhaseMarker>(
+    ctx: &RunContext,
+    handle: &RunnerHandle,
+) -> Result<EchoState, runner_core::RunnerError<P>> {
+    handle
+        .decode(RUNNER_TYPE)
+        .map_err(|e| runner_core::RunnerError::permanent(ctx, e.to_string()))
+}
+
+impl BlockingRunnerAdapter for EchoRunner {
+    fn runner_type(&self) -> &str {
+        RUNNER_TYPE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            idempotent_teardown: true,
+            leak_listing: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn provision(&self, ctx: &RunContext, bench: &BenchSpec) -> Result<RunnerHandle, ProvisionError> {
+        let spec: EchoBench = decode_section(&bench.backend, "bench.backend")
+            .map_err(|e| ProvisionError::invalid_spec(ctx, e.field, e.message))?;
+        let id = format!("echo-{}", ctx.execution_key());
+        let state = EchoState {
+            greeting: spec.greeting.unwrap_or_else(|| "hello".into()),
+        };
+        let handle = RunnerHandle::new(RUNNER_TYPE, &id, ctx.execution_id(), &state)
+            .map_err(|e| ProvisionError::permanent(ctx, e.to_string()))?;
+        self.lock().entry(id).or_default();
+        Ok(handle)
+    }
+
+    fn run_test(
+        &self,
+        ctx: &RunContext,
+        handle: &RunnerHandle,
+        payload: &TestPayload,
+    ) -> Result<TestResult, ExecutionError> {
+        let state: EchoState = decode(ctx, handle)?;
+        let line = format!("{}: {}", state.greeting, payload.command.join(" "));
+        ctx.logs().blocking_send(runner_core::LogStream::Stdout, &line);
+        let mut live = self.lock();
+        let Some(log) = live.get_mut(handle.handle_id()) else {
+            return Err(ExecutionError::permanent(ctx, "environment already released"));
+        };
+        log.push(line);
+        let status = if payload.command.first().is_some_and(|c| c == "false") {
+            TestStatus::Failed
+        } else {
+            TestStatus::Passed
+        };
+        Ok(TestResult::new(status, std::time::Duration::ZERO))
+    }
+
+    fn collect_artifacts(
+        &self,
+        ctx: &RunContext,
+        handle: &RunnerHandle,
+        _payload: &TestPayload,
+    ) -> Result<ArtifactBundle, ArtifactError> {
+        decode::<runner_core::phase::CollectArtifactsPhase>(ctx, handle)?;
+        let text = self
+            .lock()
+            .get(handle.handle_id())
+            .map(|l| l.join("\n"))
+            .unwrap_or_default();
+        Ok(ArtifactBundle {
+            artifacts: vec![Artifact {
+                name: "echo.log".into(),
+                kind: ArtifactKind::Log,
+                location: ArtifactLocation::Uri(format!("echo://{}", handle.handle_id())),
+                size: text.len() as u64,
+                sha256: sha256_bytes(text.as_bytes()),
+            }],
+        })
+    }
+
+    fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
+        decode::<runner_core::phase::TeardownPhase>(ctx, handle)?;
+        self.lock().remove(handle.handle_id());
+        Ok(())
+    }
+
+    fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+        let live = self.lock();
+        Ok(live
+            .keys()
+            .filter_map(|id| {
+                let handle = RunnerHandle::new(RUNNER_TYPE, id, "", &EchoState { greeting: String::new() }).ok()?;
+                Some(OwnedResource {
+                    resource_id: id.clone(),
+                    execution_id: None,
+                    execution_key: id.strip_prefix("echo-").map(str::to_owned),
+                    age_seconds: None,
+                    handle,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Register `echo` with a factory: the one call a third-party binary makes.
+pub fn register(factory: &mut RunnerFactory) {
+    factory.register(RUNNER_TYPE, |_config| Ok(Arc::new(Blocking::new(EchoRunner::default()))));
+}
