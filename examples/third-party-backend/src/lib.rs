@@ -64,7 +64,11 @@ impl BlockingRunnerAdapter for EchoRunner {
         }
     }
 
-    fn provision(&self, ctx: &RunContext, bench: &BenchSpec) -> Result<RunnerHandle, ProvisionError> {
+    fn provision(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+    ) -> Result<RunnerHandle, ProvisionError> {
         let spec: EchoBench = decode_section(&bench.backend, "bench.backend")
             .map_err(|e| ProvisionError::invalid_spec(ctx, e.field, e.message))?;
         let id = format!("echo-{}", ctx.execution_key());
@@ -85,10 +89,14 @@ impl BlockingRunnerAdapter for EchoRunner {
     ) -> Result<TestResult, ExecutionError> {
         let state: EchoState = decode(ctx, handle)?;
         let line = format!("{}: {}", state.greeting, payload.command.join(" "));
-        ctx.logs().blocking_send(runner_core::LogStream::Stdout, &line);
+        ctx.logs()
+            .blocking_send(runner_core::LogStream::Stdout, &line);
         let mut live = self.lock();
         let Some(log) = live.get_mut(handle.handle_id()) else {
-            return Err(ExecutionError::permanent(ctx, "environment already released"));
+            return Err(ExecutionError::permanent(
+                ctx,
+                "environment already released",
+            ));
         };
         log.push(line);
         let status = if payload.command.first().is_some_and(|c| c == "false") {
@@ -133,7 +141,15 @@ impl BlockingRunnerAdapter for EchoRunner {
         Ok(live
             .keys()
             .filter_map(|id| {
-                let handle = RunnerHandle::new(RUNNER_TYPE, id, "", &EchoState { greeting: String::new() }).ok()?;
+                let handle = RunnerHandle::new(
+                    RUNNER_TYPE,
+                    id,
+                    "",
+                    &EchoState {
+                        greeting: String::new(),
+                    },
+                )
+                .ok()?;
                 Some(OwnedResource {
                     resource_id: id.clone(),
                     execution_id: None,
@@ -148,5 +164,7 @@ impl BlockingRunnerAdapter for EchoRunner {
 
 /// Register `echo` with a factory: the one call a third-party binary makes.
 pub fn register(factory: &mut RunnerFactory) {
-    factory.register(RUNNER_TYPE, |_config| Ok(Arc::new(Blocking::new(EchoRunner::default()))));
+    factory.register(RUNNER_TYPE, |_config| {
+        Ok(Arc::new(Blocking::new(EchoRunner::default())))
+    });
 }

@@ -56,9 +56,12 @@ mod checks {
 
 #[tokio::test]
 async fn registered_from_outside_the_worker() {
-    let mut factory = orchestrator_worker::RunnerFactory::with_builtins(orchestrator_worker::Metrics::new());
+    let mut factory =
+        orchestrator_worker::RunnerFactory::with_builtins(orchestrator_worker::Metrics::new());
     third_party_backend::register(&mut factory);
     assert!(factory.known_types().contains(&"echo".to_owned()));
-    let adapter = factory.create(&runner_core::RunnerConfig::new("echo")).unwrap();
+    let adapter = factory
+        .create(&runner_core::RunnerConfig::new("echo"))
+        .unwrap();
     assert_eq!(adapter.runner_type(), "echo");
 }
