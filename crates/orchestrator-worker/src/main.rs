@@ -94,9 +94,9 @@ enum Command {
     },
     /// Inspect or replay the dead-letter queue.
     Dlq {
-        /// The worker config (YAML) naming the queue.
-        #[arg(long)]
-        config: PathBuf,
+        /// The worker config (YAML) naming the queue (before or after the action).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -216,6 +216,7 @@ async fn dispatch(command: Command) -> Result<u8, String> {
             Ok(0)
         }
         Command::Dlq { config, action } => {
+            let config = config.ok_or("dlq needs --config WORKER.yaml")?;
             let worker_config = WorkerConfig::from_file(&config).map_err(|e| e.to_string())?;
             let store = SqliteStore::open(&worker_config.queue.path).map_err(|e| e.to_string())?;
             match action {

@@ -117,7 +117,7 @@ pub async fn reap(
         };
         for resource in owned {
             if held.contains(&resource.resource_id)
-                || report.torn_down.contains(&resource.resource_id)
+                || report.orphans.contains(&resource.resource_id)
             {
                 continue;
             }

@@ -299,3 +299,136 @@ fn drain_grace_over_cancels_tears_down_and_releases_the_task() {
         .unwrap();
     assert_eq!(lease.attempt, 1);
 }
+
+#[test]
+fn dlq_commands_metrics_endpoint_and_backends() {
+    let s = Setup::new("dlq", "concurrency: 1, poll_ms: 50");
+    let payload = s.payload("true");
+    let out = s.cli(&[
+        "submit",
+        "--runner",
+        "nope",
+        "--bench",
+        s.path("bench.yaml").to_str().unwrap(),
+        "--payload",
+        payload.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--config", s.path("worker.yaml").to_str().unwrap()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = s.store();
+    assert!(wait_for(Duration::from_secs(30), || block_on(
+        store.depth()
+    )
+    .unwrap()
+    .dead
+        == 1));
+    let mut metrics = String::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = conn
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        metrics.clear();
+        conn.read_to_string(&mut metrics).is_ok() && metrics.contains("200 OK")
+    }));
+    sigterm(&serve);
+    assert!(wait_exit(&mut serve, Duration::from_secs(30)).success());
+    assert!(
+        metrics
+            .contains(r#"orchestrator_executions_total{backend="nope",outcome="dead_letter"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("orchestrator_queue_depth"), "{metrics}");
+
+    let list = s.cli(&["dlq", "list"]);
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(listed.contains("unknown runner type `nope`"), "{listed}");
+    let id = listed.split('\t').next().unwrap().trim().to_owned();
+    let show = s.cli(&["dlq", "show", &id]);
+    let entry: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(entry["history"].as_array().unwrap().len(), 1);
+    assert!(
+        entry["body"]
+            .as_str()
+            .unwrap()
+            .contains("\"runner\":\"nope\"")
+    );
+    let replay = s.cli(&["dlq", "replay", &id]);
+    assert!(replay.status.success());
+    assert_eq!(block_on(store.depth()).unwrap().ready, 1);
+    assert!(
+        String::from_utf8_lossy(&s.cli(&["dlq", "list"]).stdout)
+            .trim()
+            .is_empty()
+    );
+    let missing = s.cli(&["dlq", "show", "999"]);
+    assert_eq!(missing.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter with id 999"));
+
+    let backends = Command::new(BIN).arg("backends").output().unwrap();
+    let text = String::from_utf8_lossy(&backends.stdout);
+    assert!(
+        text.contains("local\t") && text.contains("local_mock\t"),
+        "{text}"
+    );
+}
+
+#[test]
+fn run_exit_codes_follow_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runner.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "type: local\nartifacts_dir: {}\nbackend: {{root: {}}}\n",
+            dir.path().join("artifacts").display(),
+            dir.path().join("work").display()
+        ),
+    )
+    .unwrap();
+    let bench = dir.path().join("bench.yaml");
+    std::fs::write(&bench, "name: here\n").unwrap();
+    let run = |script: &str| {
+        let payload = dir.path().join("payload.yaml");
+        std::fs::write(&payload, format!("command: [sh, -c, \"{script}\"]\n")).unwrap();
+        Command::new(BIN)
+            .args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
+            .arg(&payload)
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run("exit 0").status.code(), Some(0));
+    assert_eq!(run("exit 3").status.code(), Some(1));
+    let missing = dir.path().join("payload.yaml");
+    std::fs::write(&missing, "command: [no-such-program-xyz]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
+        .arg(&missing)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an infrastructure error");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-such-program-xyz"));
+    let bad_yaml = dir.path().join("bad.yaml");
+    std::fs::write(&bad_yaml, "command: [unclosed\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
+        .arg(&bad_yaml)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml"));
+}
