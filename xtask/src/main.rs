@@ -33,6 +33,7 @@ fn try_main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("contract") => contract(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -46,8 +47,10 @@ fn print_help() {
         "cargo xtask <task>\n\n\
          tasks:\n  \
          ci                          fmt check, clippy -D warnings, all tests, contract suites, README main command\n  \
-         contract [--backend NAME]   the contract suite of one backend (known: {})\n",
-        BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+         contract [--backend NAME]   the contract suite of one backend (known: {})\n  \
+         bench [NAME]                release-mode benchmarks with same-run baselines (known: {})\n",
+        BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", "),
+        BENCHES.join(", ")
     );
 }
 
@@ -101,7 +104,12 @@ fn ci() -> Result<()> {
         cargo().args(["test", "--workspace", "--all-targets"]),
     )?;
     run("doctest", cargo().args(["test", "--workspace", "--doc"]))?;
-    contract(&[])?;
+    // Every package's `contract` target in one workspace build, so the
+    // features match the test step above and nothing recompiles.
+    run(
+        "contract suites (all backends)",
+        cargo().args(["test", "--workspace", "--test", "contract"]),
+    )?;
     readme_main_command()?;
     println!("ci passed in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
@@ -140,6 +148,62 @@ fn contract(args: &[String]) -> Result<()> {
             cargo().args(["test", "-p", package, "--test", target]),
         )?;
     }
+    Ok(())
+}
+
+/// Benchmarks, each run in its own process so peak-RSS figures do not mix.
+const BENCHES: &[&str] = &["engine", "queue", "local", "logs", "artifacts", "warmpool"];
+
+fn bench(args: &[String]) -> Result<()> {
+    let selected: Vec<&str> = match args {
+        [] => BENCHES.to_vec(),
+        [name] if BENCHES.contains(&name.as_str()) => vec![name.as_str()],
+        [name] => {
+            return Err(format!(
+                "unknown benchmark `{name}`; known: {}",
+                BENCHES.join(", ")
+            ));
+        }
+        _ => return Err("usage: cargo xtask bench [NAME]".into()),
+    };
+    run(
+        "build (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "orchestrator-worker",
+            "--bin",
+            "orchestrator-bench",
+        ]),
+    )?;
+    let binary = project_root().join("target/release/orchestrator-bench");
+    let mut report = String::new();
+    for name in selected {
+        let output = Command::new(&binary)
+            .arg(name)
+            .current_dir(project_root())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        print!("{text}");
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            return Err(format!("benchmark {name} failed ({})", output.status));
+        }
+        report.push_str(&text);
+    }
+    let dir = project_root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("last-run.txt");
+    let stamp = Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    std::fs::write(&path, format!("# cargo xtask bench, {stamp}\n{report}"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("figures written to {}", path.display());
     Ok(())
 }
 

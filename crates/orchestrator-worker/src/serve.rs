@@ -120,7 +120,7 @@ impl Worker {
         let hard = CancellationToken::new();
         let visibility = self.config.worker.visibility();
         let poll = Duration::from_millis(self.config.worker.poll_ms);
-        let beat = self.spawn_heartbeat(stop.clone());
+        let beat = self.spawn_heartbeat();
         let mut running: JoinSet<()> = JoinSet::new();
         tracing::info!(worker = %self.id, runners = ?self.known, "serving");
         while !stop.is_cancelled() {
@@ -167,7 +167,7 @@ impl Worker {
         Ok(())
     }
 
-    fn spawn_heartbeat(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         let every = Duration::from_secs((me.config.worker.stale_after_seconds / 4).clamp(1, 15));
         tokio::spawn(async move {
@@ -190,11 +190,10 @@ impl Worker {
                             .set(i64::try_from(n).unwrap_or(i64::MAX));
                     }
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.cancelled() => {}
-                }
-                // Keep beating while draining; `serve` aborts this task at the end.
+                // Keep beating while draining, at the same pace: the reaper
+                // must not take the handles of executions still finishing.
+                // `serve` aborts this task when it returns.
+                tokio::time::sleep(every).await;
             }
         })
     }

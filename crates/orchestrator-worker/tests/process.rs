@@ -400,35 +400,34 @@ fn run_exit_codes_follow_the_outcome() {
     .unwrap();
     let bench = dir.path().join("bench.yaml");
     std::fs::write(&bench, "name: here\n").unwrap();
-    let run = |script: &str| {
-        let payload = dir.path().join("payload.yaml");
-        std::fs::write(&payload, format!("command: [sh, -c, \"{script}\"]\n")).unwrap();
-        Command::new(BIN)
-            .args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
-            .arg(&payload)
-            .args(["--config", config.to_str().unwrap()])
-            .output()
-            .unwrap()
+    let run_file = |payload: &Path, with_config: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
+            .arg(payload);
+        if with_config {
+            cmd.args(["--config", config.to_str().unwrap()]);
+        }
+        cmd.output().unwrap()
     };
-    assert_eq!(run("exit 0").status.code(), Some(0));
-    assert_eq!(run("exit 3").status.code(), Some(1));
-    let missing = dir.path().join("payload.yaml");
-    std::fs::write(&missing, "command: [no-such-program-xyz]\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
-        .arg(&missing)
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let run = |yaml: &str| {
+        let payload = dir.path().join("payload.yaml");
+        std::fs::write(&payload, yaml).unwrap();
+        run_file(&payload, true)
+    };
+    assert_eq!(
+        run("command: [sh, -c, \"exit 0\"]\n").status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        run("command: [sh, -c, \"exit 3\"]\n").status.code(),
+        Some(1)
+    );
+    let out = run("command: [no-such-program-xyz]\n");
     assert_eq!(out.status.code(), Some(2), "an infrastructure error");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no-such-program-xyz"));
     let bad_yaml = dir.path().join("bad.yaml");
     std::fs::write(&bad_yaml, "command: [unclosed\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--bench", bench.to_str().unwrap(), "--payload"])
-        .arg(&bad_yaml)
-        .output()
-        .unwrap();
+    let out = run_file(&bad_yaml, false);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml"));
 }

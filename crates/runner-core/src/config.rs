@@ -231,6 +231,15 @@ impl RunnerConfig {
         Ok(())
     }
 
+    /// Decode the `backend` section into a backend's typed config; an
+    /// unknown or bad field is an error naming `backend.<field>`.
+    pub fn backend_section<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        crate::spec::decode_section(&self.backend, "backend").map_err(|e| ConfigError::Key {
+            key: e.field,
+            message: e.message,
+        })
+    }
+
     /// The time limit of `phase`.
     pub fn phase_timeout(&self, phase: Phase) -> Duration {
         Duration::from_secs(

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use runner_core::{ConfigError, RunnerConfig, decode_section};
+use runner_core::{ConfigError, RunnerConfig};
 use serde::{Deserialize, Serialize};
 
 /// The `backend` section of a `local` runner config.
@@ -59,11 +59,7 @@ impl Default for LocalConfig {
 impl LocalConfig {
     /// From a runner config: its `backend` section and `artifacts_dir`.
     pub fn from_runner_config(config: &RunnerConfig) -> Result<Self, ConfigError> {
-        let mut local: LocalConfig =
-            decode_section(&config.backend, "backend").map_err(|e| ConfigError::Key {
-                key: e.field,
-                message: e.message,
-            })?;
+        let mut local: LocalConfig = config.backend_section()?;
         local.artifacts_dir = config.artifacts_dir.clone();
         if local.root.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {

@@ -162,11 +162,7 @@ impl LocalMockRunner {
 
     /// Build from a runner config; the `backend` section is a [`MockConfig`].
     pub fn from_config(config: &RunnerConfig) -> Result<Self, ConfigError> {
-        let mut mock: MockConfig =
-            decode_section(&config.backend, "backend").map_err(|e| ConfigError::Key {
-                key: e.field,
-                message: e.message,
-            })?;
+        let mut mock: MockConfig = config.backend_section()?;
         mock.artifacts_dir = config.artifacts_dir.clone();
         Ok(Self::new(mock))
     }
