@@ -74,13 +74,18 @@ impl LogSink {
     /// The longest line a sink passes on; longer lines are cut at a char boundary.
     pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
-    /// The most lines one batch carries.
-    pub const BATCH_LINES: usize = 64;
+    /// The most lines one batch carries. Producers also send a batch at the
+    /// end of each read, so a batch holds at most one read's worth of output.
+    pub const BATCH_LINES: usize = 1024;
 
-    /// A sink and its receiver, holding at most about `capacity` lines in
-    /// between (rounded up to whole batches of [`LogSink::BATCH_LINES`]).
+    /// The fewest batches a channel holds, so a few single-line messages
+    /// (a status line beside a batch of output) never block each other.
+    pub const MIN_SLOTS: usize = 4;
+
+    /// A sink and its receiver, holding about `capacity` lines in between:
+    /// `capacity / BATCH_LINES` batches, at least [`LogSink::MIN_SLOTS`].
     pub fn channel(capacity: usize) -> (LogSink, LogReceiver) {
-        let batches = capacity.div_ceil(Self::BATCH_LINES).max(1);
+        let batches = capacity.div_ceil(Self::BATCH_LINES).max(Self::MIN_SLOTS);
         let (tx, rx) = mpsc::channel(batches);
         (
             LogSink {
@@ -349,8 +354,8 @@ mod tests {
 
     #[tokio::test]
     async fn full_sink_applies_backpressure_and_bounds_memory() {
-        // 4 * 64 lines round to 4 batch slots; single lines take one slot each.
-        let (sink, mut rx) = LogSink::channel(4 * LogSink::BATCH_LINES);
+        // Four batch slots; single lines take one slot each.
+        let (sink, mut rx) = LogSink::channel(LogSink::MIN_SLOTS * LogSink::BATCH_LINES);
         for i in 0..4 {
             assert!(sink.try_send(LogStream::Stdout, &format!("line {i}")));
         }

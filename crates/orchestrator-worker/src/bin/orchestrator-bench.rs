@@ -38,7 +38,8 @@ fn mock_engine() -> Result<Arc<Engine>, String> {
         "type: local_mock\nretries: 0\nbackend: {artifacts: memory, log_lines: 0}\n",
     )
     .map_err(|e| e.to_string())?;
-    let adapter = RunnerFactory::with_builtins(Metrics::new())
+    let phase_metrics = Metrics::new();
+    let adapter = RunnerFactory::with_builtins(phase_metrics.clone())
         .create(&config)
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(Engine::new(adapter, EngineSettings::default())))
@@ -228,8 +229,19 @@ async fn queue() -> Result<(), String> {
 }
 
 async fn local() -> Result<(), String> {
+    local_on(&std::env::temp_dir(), "disk").await?;
+    // The same on tmpfs: the runner's cost is mostly file-system metadata
+    // (work dir, handle and group records, log files, artifact copies).
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        local_on(shm, "tmpfs").await?;
+    }
+    Ok(())
+}
+
+async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String> {
     const JOBS: usize = 500;
-    let dir = std::env::temp_dir().join(format!("orchestrator-bench-local-{}", std::process::id()));
+    let dir = base_dir.join(format!("orchestrator-bench-local-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let yaml = format!(
@@ -274,6 +286,59 @@ async fn local() -> Result<(), String> {
     let wall = started.elapsed();
     stop.cancel();
     let _ = serving.await;
+    // The same jobs through the engine alone (no queue, no journal), to
+    // split the cost between the runner and the durable bookkeeping.
+    let phase_metrics = Metrics::new();
+    let adapter = RunnerFactory::with_builtins(phase_metrics.clone())
+        .create(
+            &RunnerConfig::from_yaml_str(&format!(
+                "type: local\nartifacts_dir: {}\nbackend: {{root: {}}}\n",
+                dir.join("artifacts2").display(),
+                dir.join("work2").display()
+            ))
+            .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+    let engine = Arc::new(Engine::new(adapter, EngineSettings::default()));
+    let engine_started = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(2));
+    let payload = Arc::new(payload);
+    let bench = Arc::new(BenchSpec::default());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..JOBS {
+        let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
+            break;
+        };
+        spawn_lifecycle(
+            &mut set,
+            &engine,
+            &bench,
+            &payload,
+            format!("e{i}"),
+            Some(permit),
+        );
+    }
+    while set.join_next().await.is_some() {}
+    let engine_wall = engine_started.elapsed();
+    let phases: Vec<String> = phase_metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("orchestrator_phase_duration_seconds_sum"))
+        .map(|l| {
+            let phase = l
+                .split("phase=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let secs: f64 = l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            format!("{phase} {:.2} ms", secs * 1000.0 / JOBS as f64)
+        })
+        .collect();
+
     let base_started = Instant::now();
     let status = std::process::Command::new("sh")
         .args(["-c", &format!("seq {JOBS} | xargs -P2 -I{{}} true")])
@@ -282,15 +347,30 @@ async fn local() -> Result<(), String> {
     let base = base_started.elapsed();
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "local        {JOBS} jobs of `true` through the worker (concurrency 2) in {wall:.2?}  | baseline xargs -P2 {base:.2?} ({status})  ratio {:.2}x",
+        "local/{label:<6} {JOBS} jobs of `true` through the worker (concurrency 2) in {wall:.2?}  | baseline xargs -P2 {base:.2?} ({status})  ratio {:.2}x",
         wall.as_secs_f64() / base.as_secs_f64()
+    );
+    println!(
+        "local/{label:<6} {JOBS} jobs through the engine alone (no queue, no journal) in {engine_wall:.2?}  ratio {:.2}x  (per job: {})",
+        engine_wall.as_secs_f64() / base.as_secs_f64(),
+        phases.join(", ")
     );
     Ok(())
 }
 
 async fn logs() -> Result<(), String> {
+    logs_on(&std::env::temp_dir(), "disk").await?;
+    // The log file is part of the path; on tmpfs the disk drops out of the figure.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        logs_on(shm, "tmpfs").await?;
+    }
+    Ok(())
+}
+
+async fn logs_on(base_dir: &std::path::Path, label: &str) -> Result<(), String> {
     const BYTES: u64 = 1 << 30;
-    let dir = std::env::temp_dir().join(format!("orchestrator-bench-logs-{}", std::process::id()));
+    let dir = base_dir.join(format!("orchestrator-bench-logs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let runner = runner_local::LocalProcessRunner::new(runner_local::LocalConfig {
         root: dir.join("work"),
@@ -339,7 +419,7 @@ async fn logs() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     let mbps = |d: Duration| BYTES as f64 / 1e6 / d.as_secs_f64();
     println!(
-        "logs         1 GiB ({lines} lines) through the local log path at {:.0} MB/s, peak RSS {} MiB (before {} MiB)  | baseline cat > /dev/null {:.0} MB/s  ratio {:.2}x slower",
+        "logs/{label:<7} 1 GiB ({lines} lines) through the local log path (log file on {label}) at {:.0} MB/s, peak RSS {} MiB (before {} MiB)  | baseline cat > /dev/null {:.0} MB/s  ratio {:.2}x slower",
         mbps(wall),
         hwm_after / 1024,
         hwm_before / 1024,
