@@ -119,6 +119,20 @@ impl Setup {
             .count()
     }
 
+    /// Start `serve`, wait until `running` tests run, SIGTERM it, and
+    /// require a clean exit; returns the store to inspect.
+    fn serve_then_sigterm(&self, running: usize) -> SqliteStore {
+        let mut serve = self.serve("serve.log");
+        assert!(
+            wait_for(Duration::from_secs(30), || self.marked() == running),
+            "tests never started"
+        );
+        sigterm(&serve);
+        let status = wait_exit(&mut serve, Duration::from_secs(60));
+        assert!(status.success(), "{status}");
+        self.store()
+    }
+
     fn work_dirs(&self) -> usize {
         std::fs::read_dir(self.path("work"))
             .map(|d| d.count())
@@ -245,15 +259,7 @@ fn sigterm_drains_running_executions_and_leaves_no_lease() {
     let payload = s.payload("echo started; exec sleep 3");
     s.submit("drain-1", &payload);
     s.submit("drain-2", &payload);
-    let mut serve = s.serve("serve.log");
-    assert!(
-        wait_for(Duration::from_secs(30), || s.marked() == 2),
-        "tests never started"
-    );
-    sigterm(&serve);
-    let status = wait_exit(&mut serve, Duration::from_secs(60));
-    assert!(status.success(), "{status}");
-    let store = s.store();
+    let store = s.serve_then_sigterm(2);
     let depth = block_on(store.depth()).unwrap();
     assert_eq!(
         depth.done, 2,
@@ -276,15 +282,7 @@ fn drain_grace_over_cancels_tears_down_and_releases_the_task() {
     );
     let payload = s.payload("echo started; exec sleep 600");
     s.submit("grace-1", &payload);
-    let mut serve = s.serve("serve.log");
-    assert!(
-        wait_for(Duration::from_secs(30), || s.marked() == 1),
-        "test never started"
-    );
-    sigterm(&serve);
-    let status = wait_exit(&mut serve, Duration::from_secs(60));
-    assert!(status.success(), "{status}");
-    let store = s.store();
+    let store = s.serve_then_sigterm(1);
     let depth = block_on(store.depth()).unwrap();
     assert_eq!(
         depth.ready, 1,
