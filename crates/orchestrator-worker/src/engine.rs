@@ -86,6 +86,9 @@ pub struct ExecutionOutcome {
     pub reused_handle: bool,
     /// How many provision calls were made.
     pub provision_calls: u32,
+    /// Teardown was skipped: another worker took the handle over (this
+    /// worker's lease was lost and the task redelivered).
+    pub handed_over: bool,
 }
 
 impl ExecutionOutcome {
@@ -264,6 +267,16 @@ impl Engine {
         handle: &RunnerHandle,
         outcome: &mut ExecutionOutcome,
     ) {
+        if let Some(journal) = &self.journal
+            && let Ok(Some(owner)) = journal.journal_owner(ctx.execution_key()).await
+            && owner != self.settings.worker_id
+        {
+            // The task was redelivered and another worker reuses this handle;
+            // tearing it down would pull the environment from under it.
+            tracing::warn!(%owner, "handle taken over by another worker; not tearing it down");
+            outcome.handed_over = true;
+            return;
+        }
         let idempotent = self.adapter.capabilities().idempotent_teardown;
         let calls = std::sync::atomic::AtomicU32::new(0);
         let result = self

@@ -226,7 +226,8 @@ impl Worker {
             backend: task.runner.clone(),
         };
         self.metrics.in_flight.get_or_create(&backend).inc();
-        let keeper = self.spawn_lease_keeper(&lease);
+        let run_token = hard.child_token();
+        let keeper = self.spawn_lease_keeper(&lease, run_token.clone());
         let execution_id = format!("{}.{}", task.execution_key, lease.attempt);
         let (sink, mut rx) = LogSink::channel(1024);
         let logs = tokio::spawn({
@@ -240,7 +241,7 @@ impl Worker {
         let ctx = RunContext::new(&execution_id, task.correlation())
             .with_execution_key(&task.execution_key)
             .with_attempt(lease.attempt)
-            .with_cancel(hard.child_token())
+            .with_cancel(run_token)
             .with_log_sink(sink.with_redactor(task.payload.redactor()));
         let outcome = served
             .engine
@@ -321,7 +322,13 @@ impl Worker {
         }
     }
 
-    fn spawn_lease_keeper(&self, lease: &Lease) -> tokio::task::JoinHandle<()> {
+    /// Extend the lease while the test runs. A lease found lost (expired and
+    /// taken by another worker) cancels the run: the task belongs elsewhere now.
+    fn spawn_lease_keeper(
+        &self,
+        lease: &Lease,
+        run: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let queue = Arc::clone(&self.queue);
         let lease = lease.clone();
         let visibility = self.config.worker.visibility();
@@ -329,9 +336,15 @@ impl Worker {
             let every = (visibility / 3).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = queue.extend(&lease, visibility).await {
-                    tracing::warn!(error = %e, "lease heartbeat failed");
-                    return;
+                match queue.extend(&lease, visibility).await {
+                    Ok(()) => {}
+                    Err(e @ QueueError::LeaseLost { .. }) => {
+                        tracing::warn!(error = %e, "lease lost; cancelling the run");
+                        run.cancel();
+                        return;
+                    }
+                    // A busy or failing store: try again next beat.
+                    Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
                 }
             }
         })

@@ -202,6 +202,21 @@ impl SqliteStore {
         .await
     }
 
+    /// The worker that holds the handle journaled for `key`, if any.
+    pub async fn journal_owner(&self, key: &str) -> Result<Option<String>, QueueError> {
+        let key = key.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT owner FROM journal WHERE execution_key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err)
+        })
+        .await
+    }
+
     /// Record a freshly provisioned handle, before it is used.
     pub async fn journal_provisioned(
         &self,
