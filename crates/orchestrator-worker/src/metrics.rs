@@ -160,16 +160,6 @@ impl Metrics {
             })
             .inc();
     }
-
-    /// The count of executions with `outcome`, over every backend.
-    pub fn executions_with(&self, outcome: &str) -> u64 {
-        let text = self.encode();
-        sum_samples(
-            &text,
-            "orchestrator_executions_total",
-            &format!("outcome=\"{outcome}\""),
-        )
-    }
 }
 
 /// Sum the samples of `metric` whose label set contains `label`.

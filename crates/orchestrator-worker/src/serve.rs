@@ -39,7 +39,6 @@ pub struct Worker {
     store: SqliteStore,
     queue: Arc<dyn TaskQueue>,
     served: Arc<BTreeMap<String, Served>>,
-    known: Vec<String>,
     metrics: Metrics,
 }
 
@@ -81,7 +80,6 @@ impl Worker {
         }
         Ok(Self {
             id,
-            known: served.keys().cloned().collect(),
             queue: Arc::new(store.clone()),
             store,
             served: Arc::new(served),
@@ -105,6 +103,11 @@ impl Worker {
         &self.metrics
     }
 
+    /// The runner types this worker serves.
+    pub fn runner_types(&self) -> Vec<String> {
+        self.served.keys().cloned().collect()
+    }
+
     /// The layered adapters, by runner type (for the reaper).
     pub fn adapters(&self) -> BTreeMap<String, Arc<dyn RunnerAdapter>> {
         self.served
@@ -122,7 +125,7 @@ impl Worker {
         let poll = Duration::from_millis(self.config.worker.poll_ms);
         let beat = self.spawn_heartbeat();
         let mut running: JoinSet<()> = JoinSet::new();
-        tracing::info!(worker = %self.id, runners = ?self.known, "serving");
+        tracing::info!(worker = %self.id, runners = ?self.runner_types(), "serving");
         while !stop.is_cancelled() {
             while running.try_join_next().is_some() {}
             if running.len() >= self.config.worker.concurrency {
@@ -208,7 +211,7 @@ impl Worker {
             let reason = format!(
                 "bad task: unknown runner type `{}`; this worker serves: {}",
                 task.runner,
-                self.known.join(", ")
+                self.runner_types().join(", ")
             );
             return self.settle_bad(&lease, &task.runner, &reason).await;
         };

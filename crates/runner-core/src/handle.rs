@@ -89,6 +89,22 @@ impl RunnerHandle {
         })
     }
 
+    /// [`RunnerHandle::decode`] for use inside a phase: a foreign or
+    /// malformed handle becomes a permanent error of that phase, with the
+    /// context's ids.
+    pub fn decode_in<S, P>(
+        &self,
+        ctx: &crate::RunContext,
+        expected_runner_type: &str,
+    ) -> Result<S, crate::RunnerError<P>>
+    where
+        S: DeserializeOwned,
+        P: crate::PhaseMarker,
+    {
+        self.decode(expected_runner_type)
+            .map_err(|e| crate::RunnerError::permanent(ctx, e.to_string()))
+    }
+
     /// The backend that owns this handle.
     pub fn runner_type(&self) -> &str {
         &self.runner_type

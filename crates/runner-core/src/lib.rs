@@ -24,7 +24,7 @@ pub use handle::{HandleError, RunnerHandle};
 pub use phase::{Phase, PhaseMarker};
 pub use redact::Redactor;
 pub use result::{Diagnosis, TestCounts, TestResult, TestStatus};
-pub use spec::{BenchSpec, EnvVar, SpecError, TestPayload, decode_section};
+pub use spec::{BenchSpec, EnvVar, SpecError, TestPayload, decode_section, decode_spec};
 
 /// Re-exported so backends implement the trait with the same macro version.
 pub use async_trait::async_trait;

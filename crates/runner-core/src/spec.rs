@@ -189,6 +189,21 @@ pub fn decode_section<T: DeserializeOwned>(
     })
 }
 
+/// [`decode_section`] for use inside a phase: a bad section is an
+/// `invalid_spec` error of that phase naming the field, with the context's ids.
+pub fn decode_spec<T, P>(
+    ctx: &crate::RunContext,
+    section: &serde_json::Value,
+    prefix: &str,
+) -> Result<T, crate::RunnerError<P>>
+where
+    T: DeserializeOwned,
+    P: crate::PhaseMarker,
+{
+    decode_section(section, prefix)
+        .map_err(|e| crate::RunnerError::invalid_spec(ctx, e.field, e.message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +233,20 @@ mod tests {
     fn unknown_payload_key_is_named() {
         let err = TestPayload::from_yaml("comand: [x]\n").unwrap_err();
         assert!(err.to_string().contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn decode_spec_gives_a_phase_error_naming_the_field() {
+        let ctx = crate::RunContext::new("e1", "c1");
+        let err = decode_spec::<Section, crate::phase::ProvisionPhase>(
+            &ctx,
+            &serde_json::json!({"image": 5}),
+            "bench.backend",
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidSpec);
+        assert_eq!(err.field(), Some("bench.backend.image"));
+        assert_eq!(err.execution_id(), "e1");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
     ExecutionError, LogStream, OwnedResource, ProvisionError, RunContext, RunnerAdapter,
     RunnerConfig, RunnerError, RunnerHandle, TeardownError, TestPayload, TestResult, TestStatus,
-    decode_section,
+    decode_spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -61,15 +61,6 @@ impl LocalProcessRunner {
     /// The settings in force.
     pub fn config(&self) -> &LocalConfig {
         &self.config
-    }
-
-    fn state<P: PhaseMarker>(
-        ctx: &RunContext,
-        handle: &RunnerHandle,
-    ) -> Result<LocalState, RunnerError<P>> {
-        handle
-            .decode::<LocalState>(RUNNER_TYPE)
-            .map_err(|e| RunnerError::permanent(ctx, e.to_string()))
     }
 
     fn dir_name(prefix: Option<&str>, key: &str) -> String {
@@ -130,8 +121,7 @@ impl RunnerAdapter for LocalProcessRunner {
         ctx: &RunContext,
         bench: &BenchSpec,
     ) -> Result<RunnerHandle, ProvisionError> {
-        let spec: LocalBench = decode_section(&bench.backend, "bench.backend")
-            .map_err(|e| ProvisionError::invalid_spec(ctx, e.field, e.message))?;
+        let spec: LocalBench = decode_spec(ctx, &bench.backend, "bench.backend")?;
         spec.validate()
             .map_err(|(field, message)| ProvisionError::invalid_spec(ctx, field, message))?;
         let name = Self::dir_name(spec.workdir_prefix.as_deref(), ctx.execution_key());
@@ -179,7 +169,7 @@ impl RunnerAdapter for LocalProcessRunner {
         handle: &RunnerHandle,
         payload: &TestPayload,
     ) -> Result<TestResult, ExecutionError> {
-        let state = Self::state(ctx, handle)?;
+        let state: LocalState = handle.decode_in(ctx, RUNNER_TYPE)?;
         if payload.command.is_empty() || payload.command[0].is_empty() {
             return Err(ExecutionError::invalid_spec(
                 ctx,
@@ -368,7 +358,7 @@ impl RunnerAdapter for LocalProcessRunner {
         handle: &RunnerHandle,
         payload: &TestPayload,
     ) -> Result<ArtifactBundle, ArtifactError> {
-        let state = Self::state(ctx, handle)?;
+        let state: LocalState = handle.decode_in(ctx, RUNNER_TYPE)?;
         let globs = artifacts::compile(&payload.artifacts)
             .map_err(|(field, message)| ArtifactError::invalid_spec(ctx, field, message))?;
         let dest = artifacts::destination(&self.config.artifacts_dir, ctx.execution_id())
@@ -427,7 +417,7 @@ impl RunnerAdapter for LocalProcessRunner {
     }
 
     async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
-        let state = Self::state(ctx, handle)?;
+        let state: LocalState = handle.decode_in(ctx, RUNNER_TYPE)?;
         if let Some(record) = process::load(&state.group_file()) {
             record.kill();
         }

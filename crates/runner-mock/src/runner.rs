@@ -11,7 +11,7 @@ use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
     Capabilities, ConfigError, ExecutionError, LogStream, OwnedResource, Phase, ProvisionError,
     RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError, TestCounts, TestPayload,
-    TestResult, TestStatus, decode_section,
+    TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -199,15 +199,6 @@ impl LocalMockRunner {
             handle_id: handle.map(|h| h.handle_id().to_owned()),
         });
     }
-
-    fn state<P: runner_core::PhaseMarker>(
-        ctx: &RunContext,
-        handle: &RunnerHandle,
-    ) -> Result<MockState, runner_core::RunnerError<P>> {
-        handle
-            .decode::<MockState>(RUNNER_TYPE)
-            .map_err(|e| runner_core::RunnerError::permanent(ctx, e.to_string()))
-    }
 }
 
 /// A small deterministic generator (splitmix64) seeded from the execution.
@@ -273,8 +264,7 @@ impl RunnerAdapter for LocalMockRunner {
         bench: &BenchSpec,
     ) -> Result<RunnerHandle, ProvisionError> {
         self.record(Phase::Provision, ctx, None);
-        let spec: MockBench = decode_section(&bench.backend, "bench.backend")
-            .map_err(|e| ProvisionError::invalid_spec(ctx, e.field, e.message))?;
+        let spec: MockBench = decode_spec(ctx, &bench.backend, "bench.backend")?;
         inject::<runner_core::phase::ProvisionPhase>(self.faults.next(Phase::Provision), ctx)
             .await?;
         let mut inner = self.lock();
@@ -306,9 +296,8 @@ impl RunnerAdapter for LocalMockRunner {
         payload: &TestPayload,
     ) -> Result<TestResult, ExecutionError> {
         self.record(Phase::RunTest, ctx, Some(handle));
-        let state = Self::state(ctx, handle)?;
-        let spec: MockPayload = decode_section(&payload.backend, "payload.backend")
-            .map_err(|e| ExecutionError::invalid_spec(ctx, e.field, e.message))?;
+        let state: MockState = handle.decode_in(ctx, RUNNER_TYPE)?;
+        let spec: MockPayload = decode_spec(ctx, &payload.backend, "payload.backend")?;
         inject::<runner_core::phase::RunTestPhase>(self.faults.next(Phase::RunTest), ctx).await?;
         if !self.lock().live.contains_key(handle.handle_id()) {
             return Err(ExecutionError::permanent(
@@ -362,7 +351,7 @@ impl RunnerAdapter for LocalMockRunner {
         _payload: &TestPayload,
     ) -> Result<ArtifactBundle, ArtifactError> {
         self.record(Phase::CollectArtifacts, ctx, Some(handle));
-        Self::state(ctx, handle)?;
+        handle.decode_in::<MockState, _>(ctx, RUNNER_TYPE)?;
         inject::<runner_core::phase::CollectArtifactsPhase>(
             self.faults.next(Phase::CollectArtifacts),
             ctx,
@@ -399,7 +388,7 @@ impl RunnerAdapter for LocalMockRunner {
 
     async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
         self.record(Phase::Teardown, ctx, Some(handle));
-        let state = Self::state(ctx, handle)?;
+        let state: MockState = handle.decode_in(ctx, RUNNER_TYPE)?;
         inject::<runner_core::phase::TeardownPhase>(self.faults.next(Phase::Teardown), ctx).await?;
         let mut inner = self.lock();
         // Already released: success, teardown is idempotent.

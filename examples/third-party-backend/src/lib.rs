@@ -11,7 +11,7 @@ use runner_core::blocking::{Blocking, BlockingRunnerAdapter};
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
     Capabilities, ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerHandle,
-    TeardownError, TestPayload, TestResult, TestStatus, decode_section,
+    TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,15 +42,6 @@ impl EchoRunner {
     }
 }
 
-fn decode<P: runner_core::PhaseMarker>(
-    ctx: &RunContext,
-    handle: &RunnerHandle,
-) -> Result<EchoState, runner_core::RunnerError<P>> {
-    handle
-        .decode(RUNNER_TYPE)
-        .map_err(|e| runner_core::RunnerError::permanent(ctx, e.to_string()))
-}
-
 impl BlockingRunnerAdapter for EchoRunner {
     fn runner_type(&self) -> &str {
         RUNNER_TYPE
@@ -69,8 +60,7 @@ impl BlockingRunnerAdapter for EchoRunner {
         ctx: &RunContext,
         bench: &BenchSpec,
     ) -> Result<RunnerHandle, ProvisionError> {
-        let spec: EchoBench = decode_section(&bench.backend, "bench.backend")
-            .map_err(|e| ProvisionError::invalid_spec(ctx, e.field, e.message))?;
+        let spec: EchoBench = decode_spec(ctx, &bench.backend, "bench.backend")?;
         let id = format!("echo-{}", ctx.execution_key());
         let state = EchoState {
             greeting: spec.greeting.unwrap_or_else(|| "hello".into()),
@@ -87,7 +77,7 @@ impl BlockingRunnerAdapter for EchoRunner {
         handle: &RunnerHandle,
         payload: &TestPayload,
     ) -> Result<TestResult, ExecutionError> {
-        let state: EchoState = decode(ctx, handle)?;
+        let state: EchoState = handle.decode_in(ctx, RUNNER_TYPE)?;
         let line = format!("{}: {}", state.greeting, payload.command.join(" "));
         ctx.logs()
             .blocking_send(runner_core::LogStream::Stdout, &line);
@@ -113,7 +103,8 @@ impl BlockingRunnerAdapter for EchoRunner {
         handle: &RunnerHandle,
         _payload: &TestPayload,
     ) -> Result<ArtifactBundle, ArtifactError> {
-        decode::<runner_core::phase::CollectArtifactsPhase>(ctx, handle)?;
+        handle
+            .decode_in::<EchoState, runner_core::phase::CollectArtifactsPhase>(ctx, RUNNER_TYPE)?;
         let text = self
             .lock()
             .get(handle.handle_id())
@@ -131,7 +122,7 @@ impl BlockingRunnerAdapter for EchoRunner {
     }
 
     fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
-        decode::<runner_core::phase::TeardownPhase>(ctx, handle)?;
+        handle.decode_in::<EchoState, runner_core::phase::TeardownPhase>(ctx, RUNNER_TYPE)?;
         self.lock().remove(handle.handle_id());
         Ok(())
     }
