@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_worker::engine::{EngineSettings, Execution};
-use orchestrator_worker::layers::{Layered, PhaseLimits};
-use orchestrator_worker::policy::{Backoff, Disposition, decide};
+use orchestrator_worker::engine::Execution;
+use orchestrator_worker::policy::{Disposition, decide};
 use orchestrator_worker::queue::{JournalState, SqliteStore};
-use orchestrator_worker::{Engine, Metrics};
 use runner_core::{Phase, RunContext};
 use runner_mock::{Fault, FaultPlan, LocalMockRunner, fixtures};
 
@@ -65,29 +65,12 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
         LocalMockRunner::in_memory()
             .with_faults(FaultPlan::none().always(cell.phase, cell.fault.clone())),
     );
-    let limit = Duration::from_millis(150);
-    let layered = Layered::new(
+    let engine = common::layered_engine(
         mock.clone(),
-        PhaseLimits {
-            provision: limit,
-            run_test: limit,
-            collect_artifacts: limit,
-            teardown: limit,
-            grace: Duration::from_millis(50),
-        },
-        Metrics::new(),
-    );
-    let backoff = Backoff {
-        base: Duration::from_millis(1),
-        max: Duration::from_millis(2),
-    };
-    let engine = Engine::new(
-        Arc::new(layered),
-        EngineSettings {
-            retries: cell.retries,
-            backoff,
-            worker_id: "matrix".into(),
-        },
+        Duration::from_millis(150),
+        Duration::from_millis(50),
+        cell.retries,
+        "matrix",
     )
     .with_journal(store.clone());
     let max_attempts = cell.retries + 1;
@@ -109,7 +92,12 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
         if cell.phase == Phase::Teardown && outcome.teardown_error.is_none() {
             return Err(format!("{name}: teardown fault did not surface"));
         }
-        match decide(&outcome.ending(false), attempts, max_attempts, &backoff) {
+        match decide(
+            &outcome.ending(false),
+            attempts,
+            max_attempts,
+            &common::fast_backoff(),
+        ) {
             Disposition::Requeue { .. } if attempts < 10 => continue,
             other => break other,
         }

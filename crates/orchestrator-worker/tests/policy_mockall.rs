@@ -3,14 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use mockall::mock;
-use orchestrator_worker::engine::{EngineSettings, Execution, ExecutionOutcome};
-use orchestrator_worker::layers::{Layered, PhaseLimits};
+use orchestrator_worker::engine::{Execution, ExecutionOutcome};
 use orchestrator_worker::policy::{Backoff, Disposition, decide};
-use orchestrator_worker::{Engine, Metrics};
 use runner_core::{
     ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ErrorKind, ExecutionError,
     OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
@@ -65,28 +65,12 @@ fn passes(a: &mut MockAdapter, status: TestStatus) {
 }
 
 async fn execute(adapter: MockAdapter, attempt: u32) -> (ExecutionOutcome, Disposition) {
-    let layered = Layered::new(
+    let engine = common::layered_engine(
         Arc::new(adapter),
-        PhaseLimits {
-            provision: Duration::from_secs(5),
-            run_test: Duration::from_secs(5),
-            collect_artifacts: Duration::from_secs(5),
-            teardown: Duration::from_secs(5),
-            grace: Duration::from_millis(100),
-        },
-        Metrics::new(),
-    );
-    let backoff = Backoff {
-        base: Duration::from_millis(1),
-        max: Duration::from_millis(2),
-    };
-    let engine = Engine::new(
-        Arc::new(layered),
-        EngineSettings {
-            retries: RETRIES,
-            backoff,
-            worker_id: "test".into(),
-        },
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        RETRIES,
+        "test",
     );
     let outcome = engine
         .execute(Execution {
@@ -96,7 +80,12 @@ async fn execute(adapter: MockAdapter, attempt: u32) -> (ExecutionOutcome, Dispo
             observer: None,
         })
         .await;
-    let disposition = decide(&outcome.ending(false), attempt, RETRIES + 1, &backoff);
+    let disposition = decide(
+        &outcome.ending(false),
+        attempt,
+        RETRIES + 1,
+        &common::fast_backoff(),
+    );
     (outcome, disposition)
 }
 

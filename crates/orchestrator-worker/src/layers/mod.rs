@@ -56,6 +56,17 @@ pub struct PhaseLimits {
 }
 
 impl PhaseLimits {
+    /// The same `limit` for every phase, and `grace` to wind down.
+    pub fn uniform(limit: Duration, grace: Duration) -> Self {
+        Self {
+            provision: limit,
+            run_test: limit,
+            collect_artifacts: limit,
+            teardown: limit,
+            grace,
+        }
+    }
+
     /// The limits of a runner config.
     pub fn from_config(config: &RunnerConfig) -> Self {
         use runner_core::Phase::*;
