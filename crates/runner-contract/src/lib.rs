@@ -14,12 +14,18 @@ pub use fixture::Fixture;
 /// Generate one `#[tokio::test]` per contract check for an adapter.
 ///
 /// `adapter` is an expression evaluated afresh for each test; `fixture` too.
+/// Backends that need per-test services use `setup = <future>` instead of
+/// `adapter`: the future yields `(adapter, guard)` and the guard lives until
+/// the test ends (an emulator it started, say).
 /// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a
 /// dev-dependency.
 #[macro_export]
 macro_rules! contract_tests {
     (adapter = $adapter:expr, fixture = $fixture:expr $(,)?) => {
-        $crate::contract_tests!(@each $adapter, $fixture;
+        $crate::contract_tests!(setup = async { ($adapter, ()) }, fixture = $fixture);
+    };
+    (setup = $setup:expr, fixture = $fixture:expr $(,)?) => {
+        $crate::contract_tests!(@each $setup, $fixture;
             full_lifecycle,
             teardown_after_failed_run,
             teardown_released_handle,
@@ -30,11 +36,12 @@ macro_rules! contract_tests {
             errors_carry_ids,
         );
     };
-    (@each $adapter:expr, $fixture:expr; $($check:ident),* $(,)?) => {
+    (@each $setup:expr, $fixture:expr; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let adapter = $adapter;
+                // The guard keeps per-test services (emulators) alive.
+                let (adapter, _guard) = $setup.await;
                 let fixture = $fixture;
                 if let Err(failure) = $crate::$check(&adapter, &fixture).await {
                     panic!("{failure}");

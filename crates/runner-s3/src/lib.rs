@@ -1,0 +1,40 @@
+//! The S3 code the cloud backends share: an [`ArtifactStore`] (put with
+//! multipart for large files, ranged reads for growing logs, listing a
+//! prefix into an `ArtifactBundle` with size and sha256), one
+//! classification of AWS SDK errors into the runner [`ErrorKind`]s
+//! ([`classify`]), and loading the SDK configuration from the default
+//! chain ([`load_sdk_config`]).
+//!
+//! Endpoints come from the SDK's own settings (`AWS_ENDPOINT_URL`,
+//! `AWS_ENDPOINT_URL_S3`, profile `endpoint_url`); nothing here hard-codes
+//! one. Path-style addressing, which S3 emulators need, is a flag of
+//! [`s3_client`].
+
+mod errors;
+mod store;
+
+pub use errors::{AwsError, classify, classify_code};
+pub use store::{
+    ArtifactStore, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD, ObjectInfo, S3Uri, Uploaded,
+};
+
+pub use runner_core::ErrorKind;
+
+/// The shared SDK configuration: default credential chain, region and
+/// endpoint settings, with `region` overriding the chain's region when set.
+pub async fn load_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_string()));
+    }
+    loader.load().await
+}
+
+/// An S3 client from the shared configuration; `force_path_style` for
+/// emulators and S3-compatible stores that have no virtual-host addressing.
+pub fn s3_client(sdk: &aws_config::SdkConfig, force_path_style: bool) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(force_path_style)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
