@@ -16,6 +16,7 @@ type Result<T> = std::result::Result<T, String>;
 const BACKENDS: &[(&str, &str, &str)] = &[
     ("local_mock", "runner-mock", "contract"),
     ("local", "runner-local", "contract"),
+    ("ec2", "runner-ec2", "contract"),
 ];
 
 fn main() -> ExitCode {

@@ -48,6 +48,10 @@ impl RunnerFactory {
                 config,
             )?))
         });
+        #[cfg(feature = "ec2")]
+        factory.register(runner_ec2::RUNNER_TYPE, |config| {
+            Ok(Arc::new(runner_ec2::Ec2Runner::from_config(config)?))
+        });
         #[cfg(feature = "mock")]
         factory.register(runner_mock::RUNNER_TYPE, |config| {
             Ok(Arc::new(runner_mock::LocalMockRunner::from_config(config)?))
