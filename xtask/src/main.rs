@@ -17,6 +17,7 @@ const BACKENDS: &[(&str, &str, &str)] = &[
     ("local_mock", "runner-mock", "contract"),
     ("local", "runner-local", "contract"),
     ("ec2", "runner-ec2", "contract"),
+    ("onprem", "runner-onprem", "contract"),
 ];
 
 fn main() -> ExitCode {
