@@ -96,6 +96,9 @@ fn ci() -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            // The benchmark binary's cloud figures are linted too.
+            "--features",
+            "orchestrator-worker/bench-cloud",
             "--",
             "-D",
             "warnings",
@@ -175,6 +178,8 @@ fn bench(args: &[String]) -> Result<()> {
             "--release",
             "-p",
             "orchestrator-worker",
+            "--features",
+            "bench-cloud",
             "--bin",
             "orchestrator-bench",
         ]),

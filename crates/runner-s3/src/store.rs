@@ -231,6 +231,53 @@ impl ArtifactStore {
         }
     }
 
+    /// Upload every regular file under `dir` to `prefix` + its relative
+    /// path, `concurrency` files at a time (each large one multipart).
+    /// Symlinks are not followed. Returns what was stored, sorted by key.
+    pub async fn put_dir(
+        &self,
+        prefix: &str,
+        dir: &Path,
+        concurrency: usize,
+    ) -> Result<Vec<Uploaded>, AwsError> {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(current) = stack.pop() {
+            let io = |e: std::io::Error| {
+                AwsError::new(
+                    ErrorKind::Permanent,
+                    format!("reading {}: {e}", current.display()),
+                )
+            };
+            let mut entries = tokio::fs::read_dir(&current).await.map_err(io)?;
+            while let Some(entry) = entries.next_entry().await.map_err(io)? {
+                let kind = entry.file_type().await.map_err(io)?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file() {
+                    files.push(entry.path());
+                }
+            }
+        }
+        let uploads = futures::stream::iter(files)
+            .map(|path| async move {
+                let relative = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                self.put_file(&format!("{prefix}{relative}"), &path).await
+            })
+            .buffer_unordered(concurrency.max(1));
+        let mut uploads = std::pin::pin!(uploads);
+        let mut stored = Vec::new();
+        while let Some(done) = uploads.next().await {
+            stored.push(done?);
+        }
+        stored.sort_by(|a, b| a.uri.key.cmp(&b.uri.key));
+        Ok(stored)
+    }
+
     async fn upload_parts(
         &self,
         key: &str,

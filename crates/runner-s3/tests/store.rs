@@ -66,6 +66,10 @@ async fn large_files_go_up_in_parts_and_come_back_whole() {
         .unwrap();
     assert_eq!(small.parts, 1);
 
+    let dir_upload = store.put_dir("copy/", dir.path(), 4).await.unwrap();
+    let keys: Vec<&str> = dir_upload.iter().map(|u| u.uri.key.as_str()).collect();
+    assert_eq!(keys, ["copy/big.bin", "copy/small.txt"]);
+
     let bundle = store
         .collect("run/artifacts/", |_| ArtifactKind::File)
         .await

@@ -1,7 +1,11 @@
 //! Benchmarks behind `cargo xtask bench`: each figure beside a baseline
 //! measured in the same process, and the ratio. Nothing here asserts a time.
 //!
-//! `orchestrator-bench NAME` runs one figure (engine, queue, local, logs).
+//! `orchestrator-bench NAME` runs one figure (engine, queue, local, logs,
+//! and with the `bench-cloud` feature artifacts and warmpool).
+
+#[cfg(feature = "bench-cloud")]
+mod cloud;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -447,8 +451,13 @@ fn main() -> std::process::ExitCode {
             "queue" => queue().await,
             "local" => local().await,
             "logs" => logs().await,
+            #[cfg(feature = "bench-cloud")]
+            "artifacts" => cloud::artifacts().await,
+            #[cfg(feature = "bench-cloud")]
+            "warmpool" => cloud::warmpool().await,
+            #[cfg(not(feature = "bench-cloud"))]
             "artifacts" | "warmpool" => {
-                println!("{name:<12} not measured: needs the S3/EC2 backend (issue 5)");
+                println!("{name:<12} not measured: build with --features bench-cloud (cargo xtask bench does)");
                 Ok(())
             }
             other => Err(format!("unknown benchmark `{other}`; known: engine, queue, local, logs, artifacts, warmpool")),
