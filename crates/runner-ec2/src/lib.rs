@@ -567,21 +567,26 @@ impl RunnerAdapter for Ec2Runner {
         let state: Ec2State = handle.decode_in(ctx, RUNNER_TYPE)?;
         let clients = self.clients().await;
         let ops = &clients.ops;
-        // The environment file may hold secrets; it goes first.
-        let env_key = format!(
-            "{}env.sh",
-            self.inner.config.execution_prefix(ctx.execution_id())
-        );
-        if let Err(e) = clients
-            .store
-            .client()
-            .delete_object()
-            .bucket(clients.store.bucket())
-            .key(&env_key)
-            .send()
-            .await
-        {
-            tracing::warn!(key = %env_key, error = %runner_s3::classify("s3:DeleteObject", &e), "could not delete the environment file");
+        // The environment file may hold secrets; it goes first: the
+        // handle's execution's (a reaper tears down with its own context)
+        // and the context's (a later attempt on an adopted instance).
+        let mut env_keys = vec![handle.execution_id()];
+        if ctx.execution_id() != handle.execution_id() {
+            env_keys.push(ctx.execution_id());
+        }
+        for execution_id in env_keys {
+            let env_key = format!("{}env.sh", self.inner.config.execution_prefix(execution_id));
+            let deleted = clients
+                .store
+                .client()
+                .delete_object()
+                .bucket(clients.store.bucket())
+                .key(&env_key)
+                .send()
+                .await;
+            if let Err(e) = deleted {
+                tracing::warn!(key = %env_key, error = %runner_s3::classify("s3:DeleteObject", &e), "could not delete the environment file");
+            }
         }
         if state.pool.is_some() {
             let _claims = self.inner.claim_lock.lock().await;
