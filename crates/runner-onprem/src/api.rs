@@ -256,9 +256,21 @@ impl Api {
     }
 }
 
-/// reqwest's error text, without the URL (which may carry query values).
+/// What went wrong with a request, and its sources, without reqwest's own
+/// text (which carries the URL, and a URL may carry query values).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.without_url_ref().to_string();
+    let mut text = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_request() {
+        "request failed"
+    } else if e.is_body() || e.is_decode() {
+        "bad answer body"
+    } else {
+        "failed"
+    }
+    .to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let next = s.to_string();
@@ -269,27 +281,6 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-trait WithoutUrlRef {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrlRef for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let kind = if self.is_timeout() {
-            "timed out"
-        } else if self.is_connect() {
-            "could not connect"
-        } else if self.is_request() {
-            "request failed"
-        } else if self.is_body() || self.is_decode() {
-            "bad answer body"
-        } else {
-            "failed"
-        };
-        kind.to_string()
-    }
 }
 
 fn status_error(
