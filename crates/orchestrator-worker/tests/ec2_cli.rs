@@ -9,9 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::config::Credentials;
-
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 
 fn root() -> PathBuf {
@@ -21,12 +18,7 @@ fn root() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_suite_runs_on_ec2_through_the_cli() {
     let moto = test_emulators::Moto::start().unwrap();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(test_emulators::REGION))
-        .endpoint_url(moto.endpoint())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .load()
-        .await;
+    let sdk = test_emulators::aws::sdk_config(&moto.endpoint()).await;
     let s3 = runner_s3::s3_client(&sdk, true);
     s3.create_bucket()
         .bucket("cli-artifacts")

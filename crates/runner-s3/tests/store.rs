@@ -5,19 +5,11 @@
 
 use std::io::Write;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::config::Credentials;
 use runner_core::{ArtifactKind, ArtifactLocation};
 use runner_s3::{ArtifactStore, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD};
 
 async fn store(moto: &test_emulators::Moto, bucket: &str) -> ArtifactStore {
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(test_emulators::REGION))
-        .endpoint_url(moto.endpoint())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .load()
-        .await;
-    let client = runner_s3::s3_client(&sdk, true);
+    let client = test_emulators::aws::s3_client(&moto.endpoint()).await;
     client.create_bucket().bucket(bucket).send().await.unwrap();
     ArtifactStore::new(client, bucket)
 }

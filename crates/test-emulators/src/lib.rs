@@ -16,6 +16,7 @@
 //!
 //! Nothing here is for production use; it is a dev-dependency only.
 
+pub mod aws;
 pub mod ssm;
 
 use std::fs::{self, File};

@@ -7,8 +7,6 @@
 
 use std::sync::OnceLock;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::config::Credentials;
 use runner_core::{BenchSpec, TestPayload};
 use runner_ec2::{Ec2Config, Ec2Runner};
 use test_emulators::Moto;
@@ -23,12 +21,7 @@ pub fn moto() -> &'static Moto {
 
 /// SDK settings pointed at `endpoint`, with dummy credentials.
 pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(test_emulators::REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .load()
-        .await
+    test_emulators::aws::sdk_config(endpoint).await
 }
 
 /// Everything one test needs; the SSM emulator stops when this drops.

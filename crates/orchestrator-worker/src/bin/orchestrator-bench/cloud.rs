@@ -3,17 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::config::Credentials;
 use runner_core::{BenchSpec, RunContext, RunnerAdapter};
 
 async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(test_emulators::REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "bench"))
-        .load()
-        .await
+    test_emulators::aws::sdk_config(endpoint).await
 }
 
 /// 200 files, 256 MiB in all: 199 of 1 MiB and one of 57 MiB (multipart).
