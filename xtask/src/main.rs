@@ -17,6 +17,7 @@ const BACKENDS: &[(&str, &str, &str)] = &[
     ("local_mock", "runner-mock", "contract"),
     ("local", "runner-local", "contract"),
     ("ec2", "runner-ec2", "contract"),
+    ("eks", "runner-eks", "contract"),
     ("onprem", "runner-onprem", "contract"),
 ];
 
@@ -184,6 +185,21 @@ fn contract(args: &[String]) -> Result<()> {
             &format!("contract {name}"),
             cargo().args(["test", "-p", package, "--test", target]),
         )?;
+        if *name == "eks" {
+            // The scripted API server above; a real cluster when there is one.
+            match std::env::var_os("KUBECONFIG") {
+                Some(kubeconfig) => run(
+                    "contract eks (real cluster from KUBECONFIG)",
+                    cargo()
+                        .args(["test", "-p", package, "--test", target])
+                        .env("EKS_CONTRACT_KUBECONFIG", kubeconfig),
+                )?,
+                None => println!(
+                    "==> contract eks on a real cluster: skipped, KUBECONFIG is not set \
+                     (set it, and optionally EKS_CONTRACT_NAMESPACE and EKS_CONTRACT_IMAGE, to run the suite there)"
+                ),
+            }
+        }
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ impl RunnerFactory {
     }
 
     /// A factory with every built-in backend this build has (cargo features
-    /// `local`, `mock`, `ec2` and `onprem`, all on by default).
+    /// `local`, `mock`, `ec2`, `eks` and `onprem`, all on by default).
     pub fn with_builtins(metrics: Metrics) -> Self {
         #[allow(unused_mut)]
         let mut factory = Self::empty(metrics);
@@ -51,6 +51,10 @@ impl RunnerFactory {
         #[cfg(feature = "ec2")]
         factory.register(runner_ec2::RUNNER_TYPE, |config| {
             Ok(Arc::new(runner_ec2::Ec2Runner::from_config(config)?))
+        });
+        #[cfg(feature = "eks")]
+        factory.register(runner_eks::RUNNER_TYPE, |config| {
+            Ok(Arc::new(runner_eks::EksRunner::from_config(config)?))
         });
         #[cfg(feature = "onprem")]
         factory.register(runner_onprem::RUNNER_TYPE, |config| {

@@ -1,0 +1,126 @@
+//! Kubernetes API errors in the project's taxonomy, and bounded retries of
+//! idempotent calls.
+
+use std::future::Future;
+use std::time::Duration;
+
+use runner_core::{ErrorKind, PhaseMarker, RunContext, RunnerError};
+
+/// A failed API call, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sError {
+    /// What the caller should do with it.
+    pub kind: ErrorKind,
+    /// The HTTP status when the server answered.
+    pub code: Option<u16>,
+    /// The server's reason (`NotFound`, `AlreadyExists`, `Forbidden`...).
+    pub reason: String,
+    /// What happened, with the operation.
+    pub message: String,
+}
+
+impl std::fmt::Display for K8sError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for K8sError {}
+
+impl K8sError {
+    /// Classify a kube error from operation `op` (`create job orch-1`).
+    pub fn classify(op: &str, err: &kube::Error) -> K8sError {
+        match err {
+            kube::Error::Api(status) => {
+                let code = status.code;
+                let kind = match code {
+                    408 | 429 | 500..=599 => ErrorKind::Transient,
+                    // 410 Gone: a watch's resource version expired; re-list.
+                    410 => ErrorKind::Transient,
+                    422 => ErrorKind::InvalidSpec,
+                    _ => ErrorKind::Permanent,
+                };
+                let hint = match code {
+                    401 => " (the credentials were refused: check the kubeconfig's user)",
+                    403 => " (RBAC: the runner's Role lacks this verb; see docs/adapters/eks.md)",
+                    _ => "",
+                };
+                K8sError {
+                    kind,
+                    code: Some(code),
+                    reason: status.reason.clone(),
+                    message: format!(
+                        "kubernetes {op}: {code} {}: {}{hint}",
+                        status.reason, status.message
+                    ),
+                }
+            }
+            kube::Error::SerdeError(e) => K8sError {
+                kind: ErrorKind::Transient,
+                code: None,
+                reason: "BadResponse".into(),
+                message: format!("kubernetes {op}: the API server's answer did not decode: {e}"),
+            },
+            kube::Error::Auth(e) => K8sError {
+                kind: ErrorKind::Permanent,
+                code: None,
+                reason: "Auth".into(),
+                message: format!("kubernetes {op}: authentication failed: {e}"),
+            },
+            kube::Error::BuildRequest(e) => K8sError {
+                kind: ErrorKind::Permanent,
+                code: None,
+                reason: "BuildRequest".into(),
+                message: format!("kubernetes {op}: {e}"),
+            },
+            other => K8sError {
+                kind: ErrorKind::Transient,
+                code: None,
+                reason: "Connection".into(),
+                message: format!("kubernetes {op}: {other}"),
+            },
+        }
+    }
+
+    /// Whether the object was not there.
+    pub fn is_not_found(&self) -> bool {
+        self.code == Some(404)
+    }
+
+    /// Whether the object already exists.
+    pub fn is_already_exists(&self) -> bool {
+        self.code == Some(409) && self.reason == "AlreadyExists"
+    }
+
+    /// As the phase's error, with the context's ids.
+    pub fn into_runner<P: PhaseMarker>(self, ctx: &RunContext) -> RunnerError<P> {
+        RunnerError::new(self.kind, ctx, self.message).with_backend(crate::RUNNER_TYPE)
+    }
+}
+
+/// Run an idempotent call up to `attempts` times while it fails transiently
+/// (jittered exponential backoff from 200 ms, at most 5 s).
+pub async fn retry<T, F, Fut>(attempts: u32, op: &str, mut call: F) -> Result<T, K8sError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let err = K8sError::classify(op, &e);
+                if err.kind != ErrorKind::Transient || attempt >= attempts {
+                    return Err(err);
+                }
+                tracing::debug!(%op, attempt, error = %err, "retrying a kubernetes call");
+                let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
+                tokio::time::sleep(delay + jitter).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Shared set-up: a scripted API server per test, a runner pointed at it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fake_k8s;
+
+use std::path::Path;
+
+use runner_core::{BenchSpec, EnvVar, TestPayload};
+use runner_eks::{EksConfig, EksRunner};
+
+pub use fake_k8s::FakeK8s;
+
+pub fn config(extra: serde_json::Value) -> EksConfig {
+    let mut base = serde_json::json!({
+        "namespace": "tests",
+        "image": "registry.example/tests:1",
+        "owner": "eks-tests",
+        "pod_start_timeout_seconds": 20,
+    });
+    if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+        base.extend(extra.clone());
+    }
+    serde_json::from_value(base).unwrap()
+}
+
+pub fn runner_with(fake: &FakeK8s, config: EksConfig, artifacts: &Path) -> EksRunner {
+    EksRunner::with_clients(config, artifacts.to_path_buf(), fake.client(), None).unwrap()
+}
+
+pub fn runner(fake: &FakeK8s, artifacts: &Path) -> EksRunner {
+    runner_with(fake, config(serde_json::json!({})), artifacts)
+}
+
+pub fn bench() -> BenchSpec {
+    BenchSpec {
+        name: "pod".into(),
+        backend: serde_json::json!({"node_selector": {"pool": "tests"}}),
+        ..BenchSpec::default()
+    }
+}
+
+pub fn invalid_bench() -> BenchSpec {
+    BenchSpec {
+        name: "bad".into(),
+        backend: serde_json::json!({"resources": {"limits": {"memory": "lots"}}}),
+        ..BenchSpec::default()
+    }
+}
+
+pub fn payload(env: &[(&str, &str)]) -> TestPayload {
+    TestPayload {
+        name: "sim".into(),
+        command: vec!["/bin/run-tests".into()],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), EnvVar::Plain(v.to_string())))
+            .collect(),
+        ..TestPayload::default()
+    }
+}
