@@ -135,8 +135,25 @@ pub struct Moto {
     addr: SocketAddr,
 }
 
+/// The server, with one change to moto: its SQS ReceiveMessage checks a
+/// message's visibility and marks it received without a lock, so two
+/// concurrent receivers can both get the same message (seen with three
+/// workers on one queue). Each scan runs under a lock here, and the long
+/// poll waits between scans outside it, as SQS itself behaves.
 const SERVER_SCRIPT: &str = r#"
-import sys
+import sys, threading, time
+from moto.sqs import models as sqs_models
+_receive_lock = threading.Lock()
+_receive = sqs_models.SQSBackend.receive_message
+def _atomic_receive(self, queue_name, count, wait_seconds_timeout, visibility_timeout, message_attribute_names=None):
+    end = time.time() + (wait_seconds_timeout or 0)
+    while True:
+        with _receive_lock:
+            result = _receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+        if result or time.time() >= end:
+            return result
+        time.sleep(0.05)
+sqs_models.SQSBackend.receive_message = _atomic_receive
 from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
 server.start()
