@@ -12,9 +12,66 @@ use crate::policy::Backoff;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
-    /// The SQLite file (created if missing).
+    /// The SQLite file (created if missing): the queue, unless `sqs` is
+    /// set; the journal and worker heartbeats always.
     #[serde(default = "default_db")]
     pub path: PathBuf,
+    /// Take tasks from Amazon SQS instead (fleets of workers).
+    #[serde(default)]
+    pub sqs: Option<SqsSection>,
+}
+/// How FIFO message groups are chosen (ordering holds within a group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FifoGroup {
+    /// One group per runner type (`ec2`, `onprem`...).
+    #[default]
+    Runner,
+    /// One group per bench name: tasks for one bench type run in order.
+    Bench,
+    /// Every task in its own group (no ordering, most parallelism).
+    Task,
+}
+
+/// The `queue.sqs` section of the worker config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsSection {
+    /// The queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`).
+    pub url: String,
+    /// The dead-letter queue's URL. Absent: read from the queue's redrive
+    /// policy.
+    #[serde(default)]
+    pub dlq_url: Option<String>,
+    /// Long-polling wait of one receive, 0..=20 seconds.
+    #[serde(default = "d_wait")]
+    pub wait_seconds: i32,
+    /// FIFO queues: how message groups are chosen.
+    #[serde(default)]
+    pub fifo_group: FifoGroup,
+    /// The region (default: the SDK's chain).
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+fn d_wait() -> i32 {
+    5
+}
+
+impl SqsSection {
+    /// Check what serde cannot; errors are `(key, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(self.url.starts_with("https://") || self.url.starts_with("http://")) {
+            return Err(("queue.sqs.url".into(), "must be the queue's URL".into()));
+        }
+        if !(0..=20).contains(&self.wait_seconds) {
+            return Err((
+                "queue.sqs.wait_seconds".into(),
+                "must be 0..=20 (SQS long polling)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_db() -> PathBuf {
@@ -23,7 +80,10 @@ fn default_db() -> PathBuf {
 
 impl Default for QueueSection {
     fn default() -> Self {
-        Self { path: default_db() }
+        Self {
+            path: default_db(),
+            sqs: None,
+        }
     }
 }
 
@@ -165,6 +225,10 @@ impl WorkerConfig {
             key: key.into(),
             message: message.into(),
         };
+        if let Some(sqs) = &self.queue.sqs {
+            sqs.validate()
+                .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
@@ -216,5 +280,19 @@ mod tests {
         assert!(err.contains("runners[1].type"), "{err}");
         let ok = WorkerConfig::from_yaml_str("runners: [{type: local_mock}]\n").unwrap();
         assert_eq!(ok.worker.concurrency, 4);
+    }
+
+    #[test]
+    fn the_section_is_checked() {
+        let ok: SqsSection = serde_json::from_value(
+            serde_json::json!({"url": "https://sqs.eu-west-1.amazonaws.com/1/q"}),
+        )
+        .unwrap();
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = SqsSection {
+            wait_seconds: 30,
+            ..ok
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "queue.sqs.wait_seconds");
     }
 }

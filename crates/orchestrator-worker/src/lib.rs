@@ -11,6 +11,7 @@ pub mod queue;
 pub mod reaper;
 pub mod serve;
 pub mod task;
+pub mod telemetry;
 
 pub use engine::{Engine, EngineSettings, Execution, ExecutionOutcome};
 pub use factory::RunnerFactory;

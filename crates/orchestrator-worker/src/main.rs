@@ -9,14 +9,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use orchestrator_worker::config::WorkerConfig;
 use orchestrator_worker::engine::{EngineSettings, Execution, ExecutionOutcome};
-use orchestrator_worker::queue::{SqliteStore, TaskQueue};
 use orchestrator_worker::reaper::{ReapOptions, reap};
 use orchestrator_worker::serve::Worker;
+use orchestrator_worker::telemetry::Telemetry;
 use orchestrator_worker::{Engine, Metrics, RunnerFactory, Task, junit};
 use runner_core::{
     ArtifactLocation, BenchSpec, CancellationToken, LogSink, LogStream, Phase, RunContext,
     RunnerConfig, TestPayload, TestStatus,
 };
+use tracing::Instrument;
 
 /// Exit code: the test failed (or timed out).
 const EXIT_FAILED: u8 = 1;
@@ -70,6 +71,9 @@ enum Command {
         /// Override `worker.concurrency`.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Take tasks from this SQS queue (overrides `queue.sqs.url`).
+        #[arg(long, env = "ORCHESTRATOR_QUEUE_URL")]
+        queue_url: Option<String>,
     },
     /// Put a task on the queue.
     Submit {
@@ -91,12 +95,18 @@ enum Command {
         /// A correlation id (a CI pipeline id...).
         #[arg(long)]
         correlation_id: Option<String>,
+        /// Submit to this SQS queue (overrides `queue.sqs.url`).
+        #[arg(long, env = "ORCHESTRATOR_QUEUE_URL")]
+        queue_url: Option<String>,
     },
     /// Inspect or replay the dead-letter queue.
     Dlq {
         /// The worker config (YAML) naming the queue (before or after the action).
         #[arg(long, global = true)]
         config: Option<PathBuf>,
+        /// The SQS queue whose dead-letter queue to use (overrides `queue.sqs.url`).
+        #[arg(long, global = true, env = "ORCHESTRATOR_QUEUE_URL")]
+        queue_url: Option<String>,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -141,7 +151,7 @@ enum DlqAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.json_logs, matches!(cli.command, Command::Run { .. }));
+    let telemetry = init_tracing(cli.json_logs, matches!(cli.command, Command::Run { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,7 +162,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INFRA);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let outcome = runtime.block_on(dispatch(cli.command));
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
             eprintln!("error: {message}");
@@ -161,18 +175,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool, quiet_default: bool) {
+/// Logs to stderr (JSON on request); spans to OTLP when the standard
+/// `OTEL_EXPORTER_OTLP_*` variables ask for it (the guard flushes them).
+fn init_tracing(json: bool, quiet_default: bool) -> Option<Telemetry> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if quiet_default { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    let (telemetry, otel_error) = match Telemetry::from_env() {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = telemetry.as_ref().map(|t| t.layer());
+    let plain = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let structured = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(plain)
+        .with(structured)
+        .init();
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "spans are not exported");
     }
+    telemetry
 }
 
 async fn dispatch(command: Command) -> Result<u8, String> {
@@ -187,7 +218,8 @@ async fn dispatch(command: Command) -> Result<u8, String> {
             config,
             metrics_addr,
             concurrency,
-        } => serve(&config, metrics_addr, concurrency).await,
+            queue_url,
+        } => serve(&config, metrics_addr, concurrency, queue_url).await,
         Command::Submit {
             config,
             runner,
@@ -195,9 +227,10 @@ async fn dispatch(command: Command) -> Result<u8, String> {
             payload,
             key,
             correlation_id,
+            queue_url,
         } => {
-            let worker_config = WorkerConfig::from_file(&config).map_err(|e| e.to_string())?;
-            let store = SqliteStore::open(&worker_config.queue.path).map_err(|e| e.to_string())?;
+            let worker_config = load_worker_config(&config, queue_url)?;
+            let (_, queue) = orchestrator_worker::queue::open(&worker_config).await?;
             let task = Task {
                 execution_key: key.unwrap_or_else(|| {
                     format!(
@@ -211,14 +244,25 @@ async fn dispatch(command: Command) -> Result<u8, String> {
                 bench: load_yaml(&bench)?,
                 payload: load_yaml(&payload)?,
             };
-            let id = store.submit(&task).await.map_err(|e| e.to_string())?;
+            // The task carries this span's trace context (SQS message
+            // attributes), so the worker's trace continues the submitter's.
+            let span = tracing::info_span!("submit", execution_key = %task.execution_key, correlation_id = %task.correlation());
+            let id = queue
+                .submit(&task)
+                .instrument(span)
+                .await
+                .map_err(|e| e.to_string())?;
             println!("{id}\t{}", task.execution_key);
             Ok(0)
         }
-        Command::Dlq { config, action } => {
+        Command::Dlq {
+            config,
+            queue_url,
+            action,
+        } => {
             let config = config.ok_or("dlq needs --config WORKER.yaml")?;
-            let worker_config = WorkerConfig::from_file(&config).map_err(|e| e.to_string())?;
-            let store = SqliteStore::open(&worker_config.queue.path).map_err(|e| e.to_string())?;
+            let worker_config = load_worker_config(&config, queue_url)?;
+            let (_, store) = orchestrator_worker::queue::open(&worker_config).await?;
             match action {
                 DlqAction::List { limit } => {
                     for entry in store.dlq_list(limit).await.map_err(|e| e.to_string())? {
@@ -471,17 +515,45 @@ fn print_summary(outcome: &ExecutionOutcome) {
     }
 }
 
+/// The worker config, with `--queue-url` (or `ORCHESTRATOR_QUEUE_URL`)
+/// selecting an SQS queue.
+fn load_worker_config(path: &Path, queue_url: Option<String>) -> Result<WorkerConfig, String> {
+    let mut config = WorkerConfig::from_file(path).map_err(|e| e.to_string())?;
+    if let Some(url) = queue_url.filter(|u| !u.is_empty()) {
+        let mut section =
+            config
+                .queue
+                .sqs
+                .take()
+                .unwrap_or_else(|| orchestrator_worker::config::SqsSection {
+                    url: String::new(),
+                    dlq_url: None,
+                    wait_seconds: 5,
+                    fifo_group: Default::default(),
+                    region: None,
+                });
+        section.url = url;
+        section
+            .validate()
+            .map_err(|(key, message)| format!("--queue-url ({key}): {message}"))?;
+        config.queue.sqs = Some(section);
+    }
+    Ok(config)
+}
+
 async fn serve(
     config_path: &Path,
     metrics_addr: Option<std::net::SocketAddr>,
     concurrency: Option<usize>,
+    queue_url: Option<String>,
 ) -> Result<u8, String> {
-    let mut config = WorkerConfig::from_file(config_path).map_err(|e| e.to_string())?;
+    let mut config = load_worker_config(config_path, queue_url)?;
     if let Some(n) = concurrency {
         config.worker.concurrency = n.max(1);
     }
     let factory = RunnerFactory::with_builtins(Metrics::new());
-    let worker = Worker::new(config, &factory)?;
+    let (store, queue) = orchestrator_worker::queue::open(&config).await?;
+    let worker = Worker::with_queue(config, &factory, store, queue)?;
     if let Some(addr) = metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

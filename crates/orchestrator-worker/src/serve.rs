@@ -7,6 +7,7 @@ use std::time::Duration;
 use runner_core::{CancellationToken, LogSink, RunContext, RunnerAdapter, RunnerConfig};
 use serde::Serialize;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::engine::{Engine, EngineSettings, Execution, ExecutionOutcome, pause};
@@ -52,6 +53,18 @@ impl Worker {
     /// A worker over the SQLite store of `config`, with adapters from `factory`.
     pub fn new(config: WorkerConfig, factory: &RunnerFactory) -> Result<Self, String> {
         let store = SqliteStore::open(&config.queue.path).map_err(|e| e.to_string())?;
+        let queue: Arc<dyn TaskQueue> = Arc::new(store.clone());
+        Self::with_queue(config, factory, store, queue)
+    }
+
+    /// A worker taking tasks from `queue` (SQS, say); `store` keeps the
+    /// journal and worker heartbeats on this machine.
+    pub fn with_queue(
+        config: WorkerConfig,
+        factory: &RunnerFactory,
+        store: SqliteStore,
+        queue: Arc<dyn TaskQueue>,
+    ) -> Result<Self, String> {
         let id = format!(
             "{}-{}-{:06x}",
             hostname(),
@@ -80,7 +93,7 @@ impl Worker {
         }
         Ok(Self {
             id,
-            queue: Arc::new(store.clone()),
+            queue,
             store,
             served: Arc::new(served),
             config,
@@ -246,6 +259,18 @@ impl Worker {
             .with_attempt(lease.attempt)
             .with_cancel(run_token)
             .with_log_sink(sink.with_redactor(task.payload.redactor()));
+        // One trace per execution: this span is the parent of the four
+        // phase spans, and the child of the submitter's span when the task
+        // carried a trace context.
+        let span = tracing::info_span!(
+            "execution",
+            backend = %task.runner,
+            execution_key = %task.execution_key,
+            execution_id = %execution_id,
+            correlation_id = %task.correlation(),
+            attempt = lease.attempt,
+        );
+        crate::telemetry::continue_trace(&span, &lease.attributes);
         let outcome = served
             .engine
             .execute(Execution {
@@ -254,6 +279,7 @@ impl Worker {
                 payload: &task.payload,
                 observer: None,
             })
+            .instrument(span)
             .await;
         let _ = logs.await;
         keeper.abort();
@@ -270,6 +296,15 @@ impl Worker {
             &self.config.worker.backoff(),
         );
         let record = attempt_record(&self.id, lease.attempt, &outcome, &ending);
+        // Before and after the queue call: a worker killed in between leaves
+        // "settling" without "settled" (the queue may or may not have it).
+        tracing::debug!(
+            task = %lease.task_id,
+            execution_key = %task.execution_key,
+            attempt = lease.attempt,
+            disposition = disposition_name(&disposition),
+            "settling"
+        );
         let settled = match &disposition {
             Disposition::Ack => {
                 let json = serde_json::to_string(&AckRecord {
@@ -298,8 +333,17 @@ impl Worker {
                 self.queue.dead_letter(&lease, &reason, record).await
             }
         };
-        if let Err(e) = settled {
-            tracing::warn!(error = %e, task = %lease.task_id, "cannot settle the task; it will be redelivered");
+        match settled {
+            Ok(()) => tracing::info!(
+                task = %lease.task_id,
+                execution_key = %task.execution_key,
+                attempt = lease.attempt,
+                disposition = disposition_name(&disposition),
+                "settled"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, task = %lease.task_id, "cannot settle the task; it will be redelivered")
+            }
         }
         self.metrics
             .execution(&task.runner, disposition_name(&disposition));

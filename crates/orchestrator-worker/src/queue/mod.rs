@@ -2,6 +2,8 @@
 //! expires (its worker died) makes the task visible again.
 
 mod sqlite;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 
 use std::time::Duration;
 
@@ -65,6 +67,8 @@ pub struct Lease {
     pub token: String,
     /// Earlier attempts.
     pub history: Vec<AttemptRecord>,
+    /// Message attributes (SQS): the submitter's W3C trace context.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A task in the dead-letter queue.
@@ -146,4 +150,31 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The queue a worker config names, and the local store for its journal:
+/// SQS when `queue.sqs` is set, else the SQLite queue in `queue.path`.
+pub async fn open(
+    config: &crate::config::WorkerConfig,
+) -> Result<(SqliteStore, std::sync::Arc<dyn TaskQueue>), String> {
+    let store = SqliteStore::open(&config.queue.path).map_err(|e| e.to_string())?;
+    match &config.queue.sqs {
+        None => {
+            let queue: std::sync::Arc<dyn TaskQueue> = std::sync::Arc::new(store.clone());
+            Ok((store, queue))
+        }
+        #[cfg(feature = "sqs")]
+        Some(section) => {
+            let sdk = runner_s3::load_sdk_config(section.region.as_deref()).await;
+            let client = aws_sdk_sqs::Client::new(&sdk);
+            let queue = sqs::SqsQueue::open(client, section)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((store, std::sync::Arc::new(queue)))
+        }
+        #[cfg(not(feature = "sqs"))]
+        Some(_) => {
+            Err("queue.sqs is set, but this build has no SQS support (cargo feature `sqs`)".into())
+        }
+    }
 }

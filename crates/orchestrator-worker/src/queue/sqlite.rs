@@ -428,6 +428,7 @@ impl TaskQueue for SqliteStore {
                 attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
                 token: token.clone(),
                 history: serde_json::from_str(&history).unwrap_or_default(),
+                attributes: Default::default(),
             }))
         })
         .await
