@@ -223,7 +223,8 @@ impl SqsQueue {
         Ok(out.messages().to_vec())
     }
 
-    async fn delete(&self, url: &str, receipt: &str) -> Result<(), QueueError> {
+    /// DeleteMessage; a receipt handle SQS no longer honours is a lost lease.
+    async fn delete(&self, url: &str, receipt: &str, task_id: &str) -> Result<(), QueueError> {
         self.client
             .delete_message()
             .queue_url(url)
@@ -234,7 +235,7 @@ impl SqsQueue {
             .map_err(|e| {
                 if lease_lost(&e) {
                     QueueError::LeaseLost {
-                        task_id: String::new(),
+                        task_id: task_id.to_string(),
                     }
                 } else {
                     store_err(&format!("sqs:DeleteMessage {url}"), &e)
@@ -391,14 +392,7 @@ impl TaskQueue for SqsQueue {
 
     async fn ack(&self, lease: &Lease, outcome: &str) -> Result<(), QueueError> {
         tracing::debug!(task = %lease.task_id, outcome, "acking");
-        self.delete(&self.url, &lease.token)
-            .await
-            .map_err(|e| match e {
-                QueueError::LeaseLost { .. } => QueueError::LeaseLost {
-                    task_id: lease.task_id.clone(),
-                },
-                other => other,
-            })
+        self.delete(&self.url, &lease.token, &lease.task_id).await
     }
 
     async fn requeue(
@@ -444,14 +438,7 @@ impl TaskQueue for SqsQueue {
             .map_err(|e| store_err(&format!("sqs:SendMessage {dlq}"), &e))?;
         // Sent first, deleted second: a crash between leaves a duplicate
         // (redelivered, dead-lettered again), never a lost task.
-        self.delete(&self.url, &lease.token)
-            .await
-            .map_err(|e| match e {
-                QueueError::LeaseLost { .. } => QueueError::LeaseLost {
-                    task_id: lease.task_id.clone(),
-                },
-                other => other,
-            })
+        self.delete(&self.url, &lease.token, &lease.task_id).await
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
@@ -547,7 +534,7 @@ impl TaskQueue for SqsQueue {
         let new_id = self
             .send_with_attributes(&letter.body, &BTreeMap::new())
             .await?;
-        self.delete(&dlq, &receipt).await?;
+        self.delete(&dlq, &receipt, id).await?;
         Ok(new_id)
     }
 }
