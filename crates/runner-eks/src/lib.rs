@@ -36,7 +36,9 @@ use std::time::Duration;
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
@@ -231,14 +233,14 @@ impl EksRunner {
     }
 
     /// Create the Job; an existing one of this attempt is adopted, one of
-    /// an earlier attempt deleted first.
+    /// an earlier attempt deleted first. Returns the Job's uid.
     async fn create_job(
         &self,
         ctx: &RunContext,
         jobs: &Api<Job>,
         manifest: &Job,
         name: &str,
-    ) -> Result<(), ExecutionError> {
+    ) -> Result<Option<String>, ExecutionError> {
         let attempts = self.attempts();
         for _ in 0..3 {
             let created = api::retry(attempts, &format!("create job {name}"), || async {
@@ -246,7 +248,7 @@ impl EksRunner {
             })
             .await;
             let err = match created {
-                Ok(_) => return Ok(()),
+                Ok(job) => return Ok(job.metadata.uid),
                 Err(e) if e.is_already_exists() => e,
                 Err(e) if e.is_not_found() => {
                     return Err(ExecutionError::permanent(
@@ -278,7 +280,7 @@ impl EksRunner {
                         &format!("eks: Job {name} already exists for this attempt; following it"),
                     )
                     .await;
-                return Ok(());
+                return Ok(existing.metadata.uid);
             }
             tracing::info!(job = %name, err = %err, "deleting the Job of an earlier attempt");
             self.delete_job(jobs, name)
@@ -620,7 +622,23 @@ impl EksRunner {
             artifacts_uri: store_uri.as_deref(),
         })
         .map_err(|e| ExecutionError::permanent(ctx, format!("building the Job manifest: {e}")))?;
-        self.create_job(ctx, &jobs, &manifest, &state.job).await?;
+        let uid = self.create_job(ctx, &jobs, &manifest, &state.job).await?;
+        if let (Some(_), Some(uid)) = (&secret, uid) {
+            // Owned by the Job: when the Job goes (teardown, or its TTL after
+            // a worker crash) Kubernetes deletes the Secret with it.
+            let owner = serde_json::json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": state.job, "uid": uid,
+            }]}});
+            let patched = api::retry(self.attempts(), "patch secret owner", || async {
+                secrets
+                    .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&owner))
+                    .await
+            })
+            .await;
+            if let Err(e) = patched {
+                tracing::warn!(secret = %secret_name, error = %e, "the Secret is not owned by its Job; teardown still deletes it");
+            }
+        }
         ctx.logs()
             .send(
                 LogStream::System,

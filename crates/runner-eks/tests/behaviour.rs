@@ -251,6 +251,10 @@ async fn secret_values_go_to_a_secret_and_never_into_the_job_or_log() {
     let secrets = s.fake.secrets();
     assert_eq!(secrets.len(), 1);
     assert_eq!(secrets[0]["stringData"]["API_TOKEN"], "hunter2-secret");
+    // Owned by the Job, so the Job's TTL takes it along if teardown never runs.
+    let owner = &secrets[0]["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Job");
+    assert_eq!(owner["uid"], job["metadata"]["uid"]);
     s.runner.teardown(&ctx, &handle).await.unwrap();
     assert!(s.fake.secrets().is_empty(), "the Secret goes at teardown");
 }

@@ -377,7 +377,7 @@ impl FakeK8s {
             )
             .route(
                 "/api/v1/namespaces/{ns}/secrets/{name}",
-                get(get_secret).delete(delete_secret),
+                get(get_secret).delete(delete_secret).patch(patch_secret),
             )
             .layer(axum::middleware::from_fn_with_state(inner.clone(), record))
             .with_state(inner.clone());
@@ -922,6 +922,29 @@ async fn delete_secret(
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
         )
         .into_response(),
+        None => status(404, "NotFound", format!("secrets \"{name}\" not found")),
+    }
+}
+
+/// A JSON merge patch of the metadata (what the runner sends).
+async fn patch_secret(
+    State(inner): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "body is not JSON".into());
+    };
+    let mut inner = inner.lock().unwrap();
+    match inner.secrets.get_mut(&(ns, name.clone())) {
+        Some(secret) => {
+            if let Some(meta) = patch["metadata"].as_object() {
+                for (k, v) in meta {
+                    secret["metadata"][k] = v.clone();
+                }
+            }
+            axum::Json(secret.clone()).into_response()
+        }
         None => status(404, "NotFound", format!("secrets \"{name}\" not found")),
     }
 }
