@@ -92,6 +92,25 @@ where
     )
 }
 
+/// An error of a call made with a receipt handle: a lost lease when SQS no
+/// longer honours the handle, else a store error.
+fn lease_err<E>(
+    op: &str,
+    task_id: &str,
+    err: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if lease_lost(err) {
+        QueueError::LeaseLost {
+            task_id: task_id.to_string(),
+        }
+    } else {
+        store_err(op, err)
+    }
+}
+
 impl SqsQueue {
     /// A queue over `client`; the DLQ comes from `section.dlq_url` or the
     /// queue's redrive policy.
@@ -232,15 +251,7 @@ impl SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                if lease_lost(&e) {
-                    QueueError::LeaseLost {
-                        task_id: task_id.to_string(),
-                    }
-                } else {
-                    store_err(&format!("sqs:DeleteMessage {url}"), &e)
-                }
-            })
+            .map_err(|e| lease_err(&format!("sqs:DeleteMessage {url}"), task_id, &e))
     }
 
     /// Peek at up to `limit` dead letters with their receipt handles.
@@ -379,15 +390,7 @@ impl TaskQueue for SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                if lease_lost(&e) {
-                    QueueError::LeaseLost {
-                        task_id: lease.task_id.clone(),
-                    }
-                } else {
-                    store_err("sqs:ChangeMessageVisibility", &e)
-                }
-            })
+            .map_err(|e| lease_err("sqs:ChangeMessageVisibility", &lease.task_id, &e))
     }
 
     async fn ack(&self, lease: &Lease, outcome: &str) -> Result<(), QueueError> {
