@@ -68,6 +68,7 @@ struct Entry {
     script: Script,
     uid: String,
     uploaded: bool,
+    upload_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -580,6 +581,7 @@ async fn create_job(State(inner): State<Shared>, Path(ns): Path<String>, body: B
         created_at,
         uid,
         uploaded: false,
+        upload_done: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let view = entry.job_view();
     inner.jobs.insert((ns, name), entry);
@@ -651,16 +653,28 @@ fn matching_pods(
         if entry.namespace != ns {
             continue;
         }
-        let pod = entry.pod();
-        // The sidecar uploads once the test container has ended.
-        if !entry.uploaded
-            && pod["status"]["containerStatuses"][0]["state"]["terminated"].is_object()
-        {
-            entry.uploaded = true;
-            if let (Some(upload), Some(uri)) = (&uploader, &entry.script.artifacts_uri)
-                && entry.script.artifacts > 0
-            {
-                uploads.push(upload(uri.clone(), entry.script.artifacts));
+        let mut pod = entry.pod();
+        // The sidecar uploads once the test container has ended; until the
+        // upload is done every other caller sees the container still running.
+        let ended = pod["status"]["containerStatuses"][0]["state"]["terminated"].is_object();
+        let uploading = uploader.is_some()
+            && entry.script.artifacts_uri.is_some()
+            && entry.script.artifacts > 0;
+        if ended && uploading {
+            if !entry.uploaded {
+                entry.uploaded = true;
+                if let (Some(upload), Some(uri)) = (&uploader, &entry.script.artifacts_uri) {
+                    let done = entry.upload_done.clone();
+                    let upload = upload(uri.clone(), entry.script.artifacts);
+                    uploads.push(Box::pin(async move {
+                        upload.await;
+                        done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    })
+                        as futures::future::BoxFuture<'static, ()>);
+                }
+            } else if !entry.upload_done.load(std::sync::atomic::Ordering::SeqCst) {
+                pod["status"]["phase"] = json!("Running");
+                pod["status"]["containerStatuses"][0]["state"] = json!({"running": {}});
             }
         }
         if selector_matches(selector, &pod["metadata"]["labels"]) {
