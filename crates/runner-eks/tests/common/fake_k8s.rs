@@ -635,8 +635,9 @@ async fn pods_now(inner: &Shared, ns: &str, selector: Option<&String>) -> Vec<Va
         let mut guard = inner.lock().unwrap();
         matching_pods(&mut guard, ns, selector)
     };
+    // Spawned: a caller that goes away (a dropped watch) must not cancel it.
     for upload in uploads {
-        upload.await;
+        tokio::spawn(upload);
     }
     pods
 }
@@ -672,7 +673,8 @@ fn matching_pods(
                     })
                         as futures::future::BoxFuture<'static, ()>);
                 }
-            } else if !entry.upload_done.load(std::sync::atomic::Ordering::SeqCst) {
+            }
+            if !entry.upload_done.load(std::sync::atomic::Ordering::SeqCst) {
                 pod["status"]["phase"] = json!("Running");
                 pod["status"]["containerStatuses"][0]["state"] = json!({"running": {}});
             }
