@@ -85,6 +85,11 @@ pub struct ArtifactsConfig {
     /// Path-style S3 addressing (S3-compatible stores, emulators).
     #[serde(default)]
     pub force_path_style: bool,
+    /// How long the uploader sidecar may take after the test container
+    /// ends (the pod's `terminationGracePeriodSeconds`); the run waits for
+    /// it before collecting.
+    #[serde(default = "default_upload_timeout")]
+    pub upload_timeout_seconds: u64,
 }
 
 /// Container resources as Kubernetes quantities (`500m`, `1Gi`).
@@ -141,6 +146,10 @@ fn default_reconnects() -> u32 {
 fn default_attempts() -> u32 {
     4
 }
+fn default_upload_timeout() -> u64 {
+    300
+}
+
 fn default_prefix() -> String {
     "orchestrator".into()
 }
@@ -218,6 +227,15 @@ impl EksConfig {
         if let Some(artifacts) = &self.artifacts {
             if artifacts.bucket.trim().is_empty() {
                 return bad("artifacts.bucket", "must not be empty".into());
+            }
+            if artifacts.upload_timeout_seconds == 0 || artifacts.upload_timeout_seconds > 3600 {
+                return bad(
+                    "artifacts.upload_timeout_seconds",
+                    format!(
+                        "must be between 1 and 3600, got {}",
+                        artifacts.upload_timeout_seconds
+                    ),
+                );
             }
             if artifacts.prefix.starts_with('/') || artifacts.prefix.contains("..") {
                 return bad("artifacts.prefix", "must be relative, without `..`".into());
@@ -356,5 +374,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("namepsace"), "{err}");
+        let config: EksConfig = serde_json::from_value(serde_json::json!({
+            "artifacts": {"bucket": "b", "upload_timeout_seconds": 0},
+        }))
+        .unwrap();
+        let (key, _) = config.validate().unwrap_err();
+        assert_eq!(key, "backend.artifacts.upload_timeout_seconds");
     }
 }

@@ -190,6 +190,7 @@ pub fn job_manifest(spec: &JobSpec<'_>) -> Result<Job, serde_json::Error> {
             "volumeMounts": [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": true}],
         }));
     }
+    let init_containers_empty = init_containers.is_empty();
     let labels = labels(config, &spec.ids, spec.name);
     let mut pod_spec = json!({
         "restartPolicy": "Never",
@@ -210,6 +211,10 @@ pub fn job_manifest(spec: &JobSpec<'_>) -> Result<Job, serde_json::Error> {
     });
     if let Some(account) = &config.service_account {
         pod_spec["serviceAccountName"] = json!(account);
+    }
+    if let Some(artifacts) = config.artifacts.as_ref().filter(|_| !init_containers_empty) {
+        // The sidecar uploads after TERM; the kubelet kills it after this.
+        pod_spec["terminationGracePeriodSeconds"] = json!(artifacts.upload_timeout_seconds);
     }
     let mut job_spec = json!({
         "backoffLimit": 0,
@@ -331,6 +336,7 @@ mod tests {
         assert_eq!(test["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(test["resources"]["limits"]["memory"], "1Gi");
         assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 300);
         assert_eq!(job["metadata"]["labels"][EXECUTION_ID], "e1");
         assert_eq!(job["metadata"]["annotations"][ATTEMPT], "2");
         let secret = secret_manifest(&config, &ids, "orch-x", &payload).unwrap();

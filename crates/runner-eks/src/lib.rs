@@ -548,6 +548,59 @@ impl EksRunner {
         Ok(None)
     }
 
+    /// With an uploader sidecar, the test container's end is not the
+    /// pod's: the sidecar copies the artifacts after it. Wait (bounded by
+    /// the upload timeout) until the pod has finished, so collect sees
+    /// every file.
+    async fn wait_for_uploader(
+        &self,
+        ctx: &RunContext,
+        pods: &Api<Pod>,
+        pod: &str,
+    ) -> Result<(), ExecutionError> {
+        let Some(artifacts) = self
+            .inner
+            .config
+            .artifacts
+            .as_ref()
+            .filter(|a| a.uploader_image.is_some())
+        else {
+            return Ok(());
+        };
+        // The kubelet kills the sidecar after its grace period; a little
+        // more for the status to reach the API server.
+        let limit = Duration::from_secs(artifacts.upload_timeout_seconds + 5);
+        let until = Instant::now() + limit;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let found = api::retry(self.attempts(), &format!("get pod {pod}"), || {
+                pods.get_opt(pod)
+            })
+            .await
+            .map_err(|e| e.into_runner(ctx))?;
+            let phase = found
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.as_deref());
+            match (found.is_some(), phase) {
+                // Gone (TTL, deleted) or finished: the upload is over either way.
+                (false, _) | (true, Some("Succeeded" | "Failed")) => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() + delay > until {
+                let message = format!(
+                    "eks: the uploader of pod {pod} had not finished {} s after the test ended; artifacts may be incomplete",
+                    limit.as_secs()
+                );
+                tracing::warn!(%pod, "{message}");
+                ctx.logs().send(LogStream::System, &message).await;
+                return Ok(());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
     async fn run_job(
         &self,
         ctx: &RunContext,
@@ -653,18 +706,25 @@ impl EksRunner {
             Some(d) => start_deadline.min(Instant::from_std(d)),
             None => start_deadline,
         };
+        let mut pod_name = None;
         let end = match self
             .wait_for_pod(ctx, &jobs, &pods, &state.job, start_deadline)
             .await?
         {
             Ok(pod) => {
                 let client = self.client().await.map_err(|e| e.into_runner(ctx))?;
-                self.follow(ctx, &client, &pods, &state.namespace, &pod, out)
-                    .await?
+                let end = self
+                    .follow(ctx, &client, &pods, &state.namespace, &pod, out)
+                    .await?;
+                pod_name = Some(pod);
+                end
             }
             Err(end) => end,
         };
         let elapsed = started.elapsed();
+        if let (RunEnd::Ended(_), Some(pod)) = (&end, &pod_name) {
+            self.wait_for_uploader(ctx, &pods, pod).await?;
+        }
         match end {
             RunEnd::Ended(end) => {
                 let job_deadline = if end.exit_code != 0 {

@@ -377,6 +377,8 @@ async fn the_sidecars_uploads_are_collected_from_s3() {
     fake.set_uploader(Arc::new(move |uri: String, n: u64| {
         let s3 = uploader_s3.clone();
         Box::pin(async move {
+            // A slow upload: the runner must wait for the pod, not the test container.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let rest = uri.strip_prefix("s3://").unwrap();
             let (bucket, prefix) = rest.split_once('/').unwrap();
             for i in 0..n {
@@ -431,6 +433,51 @@ async fn the_sidecars_uploads_are_collected_from_s3() {
         matches!(&r1.location, ArtifactLocation::Uri(u) if u.starts_with("s3://eks-art/orchestrator/exec-s3/artifacts/"))
     );
     runner.teardown(&ctx, &handle).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploader_that_never_finishes_is_waited_for_only_its_timeout() {
+    let fake = FakeK8s::start().await;
+    // The sidecar never completes its upload: the pod stays Running.
+    fake.set_uploader(Arc::new(|_uri: String, _n: u64| {
+        Box::pin(futures::future::pending::<()>())
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(serde_json::json!({
+        "artifacts": {"bucket": "eks-art", "uploader_image": "amazon/aws-cli:2", "upload_timeout_seconds": 1},
+    }));
+    let runner = common::runner_with(&fake, config, dir.path());
+    let ctx0 = ctx("hung-upload");
+    let (sink, mut rx) = LogSink::channel(64);
+    let ctx = ctx0.child().with_log_sink(sink);
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let payload = common::payload(&[("SIM_ARTIFACTS", "2")]);
+    let collector = tokio::spawn(async move {
+        let mut system = Vec::new();
+        while let Some(line) = rx.recv().await {
+            if line.stream == LogStream::System {
+                system.push(line.text);
+            }
+        }
+        system
+    });
+    let result = runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    assert_eq!(result.status, TestStatus::Passed);
+    let job = fake.job(&handle.handle_id()[6..]).unwrap();
+    assert_eq!(
+        job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        1
+    );
+    runner.teardown(&ctx, &handle).await.unwrap();
+    drop(ctx);
+    drop(ctx0);
+    let system = collector.await.unwrap();
+    assert!(
+        system
+            .iter()
+            .any(|l| l.contains("uploader") && l.contains("artifacts may be incomplete")),
+        "{system:?}"
+    );
 }
 
 #[test]

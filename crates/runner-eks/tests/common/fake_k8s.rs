@@ -656,7 +656,8 @@ fn matching_pods(
         }
         let mut pod = entry.pod();
         // The sidecar uploads once the test container has ended; until the
-        // upload is done every other caller sees the container still running.
+        // upload is done the pod stays Running with the sidecar running, as
+        // a real kubelet shows it (the test container is already terminated).
         let ended = pod["status"]["containerStatuses"][0]["state"]["terminated"].is_object();
         let uploading = uploader.is_some()
             && entry.script.artifacts_uri.is_some()
@@ -674,10 +675,19 @@ fn matching_pods(
                         as futures::future::BoxFuture<'static, ()>);
                 }
             }
-            if !entry.upload_done.load(std::sync::atomic::Ordering::SeqCst) {
+            let running = !entry.upload_done.load(std::sync::atomic::Ordering::SeqCst);
+            if running {
                 pod["status"]["phase"] = json!("Running");
-                pod["status"]["containerStatuses"][0]["state"] = json!({"running": {}});
             }
+            let state = if running {
+                json!({"running": {}})
+            } else {
+                json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+            };
+            pod["status"]["initContainerStatuses"] = json!([{
+                "name": "uploader", "image": "uploader", "imageID": "", "ready": running,
+                "restartCount": 0, "state": state,
+            }]);
         }
         if selector_matches(selector, &pod["metadata"]["labels"]) {
             pods.push(pod);
