@@ -379,11 +379,15 @@ async fn run(
     let printer = {
         let spinner = spinner.clone();
         tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let print = || match line.stream {
-                    LogStream::Stdout => println!("{}", line.text),
-                    LogStream::Stderr => eprintln!("{}", line.text),
-                    LogStream::System => eprintln!("» {}", line.text),
+            while let Some(batch) = rx.recv_batch().await {
+                let print = || {
+                    for (stream, text) in batch.iter() {
+                        match stream {
+                            LogStream::Stdout => println!("{text}"),
+                            LogStream::Stderr => eprintln!("{text}"),
+                            LogStream::System => eprintln!("» {text}"),
+                        }
+                    }
                 };
                 match &spinner {
                     Some(pb) => pb.suspend(print),

@@ -249,8 +249,10 @@ impl Worker {
         let logs = tokio::spawn({
             let execution_id = execution_id.clone();
             async move {
-                while let Some(line) = rx.recv().await {
-                    tracing::debug!(target: "test_output", execution_id = %execution_id, stream = ?line.stream, "{}", line.text);
+                while let Some(batch) = rx.recv_batch().await {
+                    for (stream, text) in batch.iter() {
+                        tracing::debug!(target: "test_output", execution_id = %execution_id, stream = ?stream, "{}", text);
+                    }
                 }
             }
         });

@@ -39,34 +39,78 @@ pub struct LogLine {
 /// the record.
 #[derive(Debug, Clone, Default)]
 pub struct LogSink {
-    tx: Option<mpsc::Sender<Vec<LogLine>>>,
+    tx: Option<mpsc::Sender<LogBatch>>,
     redactor: Redactor,
 }
 
 /// The consuming end of a [`LogSink`].
 #[derive(Debug)]
 pub struct LogReceiver {
-    rx: mpsc::Receiver<Vec<LogLine>>,
-    pending: std::collections::VecDeque<LogLine>,
+    rx: mpsc::Receiver<LogBatch>,
+    /// What is left of a batch `recv` has started on.
+    pending: Option<(LogBatch, usize)>,
 }
 
-/// Lines gathered to cross the channel in one message (at most
-/// [`LogSink::BATCH_LINES`]); a fast producer pays one hand-off per batch,
-/// not per line.
-#[derive(Debug, Default)]
+/// Lines gathered to cross the channel in one message: at most
+/// [`LogSink::BATCH_LINES`] lines or about [`LogSink::BATCH_BYTES`] of text.
+/// The text of every line lives in one buffer, so a fast producer pays one
+/// allocation and one hand-off per batch, not per line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LogBatch {
-    lines: Vec<LogLine>,
+    text: String,
+    /// Each line's stream and the end of its text in `text` (the start is
+    /// the previous line's end).
+    ends: Vec<(LogStream, usize)>,
 }
 
 impl LogBatch {
-    /// Whether the batch reached [`LogSink::BATCH_LINES`] and should be sent.
+    /// Whether the batch reached [`LogSink::BATCH_LINES`] lines or
+    /// [`LogSink::BATCH_BYTES`] bytes and should be sent.
     pub fn is_full(&self) -> bool {
-        self.lines.len() >= LogSink::BATCH_LINES
+        self.ends.len() >= LogSink::BATCH_LINES || self.text.len() >= LogSink::BATCH_BYTES
     }
 
     /// Whether it holds no line.
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.ends.is_empty()
+    }
+
+    /// How many lines it holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Its lines in order, borrowed: stream and text.
+    pub fn iter(&self) -> impl Iterator<Item = (LogStream, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(stream, end)| {
+            let text = self.text.get(start..end).unwrap_or_default();
+            start = end;
+            (stream, text)
+        })
+    }
+
+    /// Line `index`, owned.
+    fn line(&self, index: usize) -> Option<LogLine> {
+        let &(stream, end) = self.ends.get(index)?;
+        let start = index
+            .checked_sub(1)
+            .and_then(|i| self.ends.get(i))
+            .map_or(0, |&(_, e)| e);
+        Some(LogLine {
+            stream,
+            text: self.text.get(start..end).unwrap_or_default().to_owned(),
+        })
+    }
+
+    fn push_prepared(&mut self, stream: LogStream, text: &str) {
+        self.text.push_str(text);
+        self.ends.push((stream, self.text.len()));
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
     }
 }
 
@@ -76,59 +120,61 @@ impl LogSink {
 
     /// The most lines one batch carries. Producers also send a batch at the
     /// end of each read, so a batch holds at most one read's worth of output.
-    /// (1,024 was tried: no measurable gain, and a producer sending single
-    /// lines got 16 times fewer slots for the same capacity.)
-    pub const BATCH_LINES: usize = 64;
+    pub const BATCH_LINES: usize = 1024;
+
+    /// About the most text one batch carries (a batch reaching it is full;
+    /// the line that crossed it may add up to [`LogSink::MAX_LINE_BYTES`]).
+    pub const BATCH_BYTES: usize = 64 * 1024;
+
+    /// Lines of channel capacity per batch slot: [`LogSink::channel`] of
+    /// `capacity` holds `capacity / SLOT_LINES` batches, so producers that
+    /// send single lines get as many slots as before batches grew.
+    pub const SLOT_LINES: usize = 64;
 
     /// The fewest batches a channel holds, so a few single-line messages
     /// (a status line beside a batch of output) never block each other.
     pub const MIN_SLOTS: usize = 4;
 
-    /// A sink and its receiver, holding about `capacity` lines in between:
-    /// `capacity / BATCH_LINES` batches, at least [`LogSink::MIN_SLOTS`].
+    /// A sink and its receiver, holding `capacity / SLOT_LINES` batches in
+    /// between (at least [`LogSink::MIN_SLOTS`]); memory stays bounded by
+    /// that many full batches.
     pub fn channel(capacity: usize) -> (LogSink, LogReceiver) {
-        let batches = capacity.div_ceil(Self::BATCH_LINES).max(Self::MIN_SLOTS);
+        let batches = capacity.div_ceil(Self::SLOT_LINES).max(Self::MIN_SLOTS);
         let (tx, rx) = mpsc::channel(batches);
         (
             LogSink {
                 tx: Some(tx),
                 redactor: Redactor::default(),
             },
-            LogReceiver {
-                rx,
-                pending: Default::default(),
-            },
+            LogReceiver { rx, pending: None },
         )
     }
 
     /// Add a line to `batch`, redacted and cut like a sent line.
     pub fn push(&self, batch: &mut LogBatch, stream: LogStream, text: &str) {
         if self.tx.is_some() {
-            batch.lines.push(LogLine {
-                stream,
-                text: self.prepare(text),
-            });
+            self.prepare_into(batch, stream, text);
         }
     }
 
     /// Send a batch, waiting while the consumer is behind.
     pub async fn send_batch(&self, batch: &mut LogBatch) {
         if let Some(tx) = &self.tx
-            && !batch.lines.is_empty()
+            && !batch.is_empty()
         {
-            let _ = tx.send(std::mem::take(&mut batch.lines)).await;
+            let _ = tx.send(std::mem::take(batch)).await;
         }
-        batch.lines.clear();
+        batch.clear();
     }
 
     /// Send a batch from a blocking thread (never from async code).
     pub fn blocking_send_batch(&self, batch: &mut LogBatch) {
         if let Some(tx) = &self.tx
-            && !batch.lines.is_empty()
+            && !batch.is_empty()
         {
-            let _ = tx.blocking_send(std::mem::take(&mut batch.lines));
+            let _ = tx.blocking_send(std::mem::take(batch));
         }
-        batch.lines.clear();
+        batch.clear();
     }
 
     /// A sink that drops everything.
@@ -150,12 +196,8 @@ impl LogSink {
     /// Send one line, waiting while the consumer is behind.
     pub async fn send(&self, stream: LogStream, text: &str) {
         if let Some(tx) = &self.tx {
-            let line = LogLine {
-                stream,
-                text: self.prepare(text),
-            };
             // A closed receiver means nobody is watching live; that is not an error.
-            let _ = tx.send(vec![line]).await;
+            let _ = tx.send(self.single(stream, text)).await;
         }
     }
 
@@ -164,10 +206,7 @@ impl LogSink {
     /// from async code.
     pub fn blocking_send(&self, stream: LogStream, text: &str) {
         if let Some(tx) = &self.tx {
-            let _ = tx.blocking_send(vec![LogLine {
-                stream,
-                text: self.prepare(text),
-            }]);
+            let _ = tx.blocking_send(self.single(stream, text));
         }
     }
 
@@ -175,20 +214,24 @@ impl LogSink {
     /// Returns whether the line was queued.
     pub fn try_send(&self, stream: LogStream, text: &str) -> bool {
         match &self.tx {
-            Some(tx) => tx
-                .try_send(vec![LogLine {
-                    stream,
-                    text: self.prepare(text),
-                }])
-                .is_ok(),
+            Some(tx) => tx.try_send(self.single(stream, text)).is_ok(),
             None => false,
         }
     }
 
-    fn prepare(&self, text: &str) -> String {
+    fn single(&self, stream: LogStream, text: &str) -> LogBatch {
+        let mut batch = LogBatch::default();
+        self.prepare_into(&mut batch, stream, text);
+        batch
+    }
+
+    fn prepare_into(&self, batch: &mut LogBatch, stream: LogStream, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
         let redacted = self.redactor.redact(text);
-        truncate_at_char_boundary(&redacted, Self::MAX_LINE_BYTES).to_owned()
+        batch.push_prepared(
+            stream,
+            truncate_at_char_boundary(&redacted, Self::MAX_LINE_BYTES),
+        );
     }
 }
 
@@ -207,18 +250,54 @@ impl LogReceiver {
     /// The next line, or `None` once every sink is dropped.
     pub async fn recv(&mut self) -> Option<LogLine> {
         loop {
-            if let Some(line) = self.pending.pop_front() {
-                return Some(line);
+            if let Some((batch, next)) = &mut self.pending {
+                if let Some(line) = batch.line(*next) {
+                    *next += 1;
+                    return Some(line);
+                }
+                self.pending = None;
             }
-            self.pending.extend(self.rx.recv().await?);
+            self.pending = Some((self.rx.recv().await?, 0));
         }
+    }
+
+    /// The next batch of lines as the producer sent it (what is left of
+    /// one `recv` has started on comes first), or `None` once every sink is
+    /// dropped. Consumers of heavy output read batches: no allocation per
+    /// line.
+    pub async fn recv_batch(&mut self) -> Option<LogBatch> {
+        if let Some(rest) = self.take_pending() {
+            return Some(rest);
+        }
+        self.rx.recv().await
+    }
+
+    fn take_pending(&mut self) -> Option<LogBatch> {
+        let (batch, next) = self.pending.take()?;
+        if next == 0 {
+            return Some(batch);
+        }
+        let mut rest = LogBatch::default();
+        for (stream, text) in batch.iter().skip(next) {
+            rest.push_prepared(stream, text);
+        }
+        (!rest.is_empty()).then_some(rest)
     }
 
     /// Drain everything queued now, without waiting.
     pub fn drain_now(&mut self) -> Vec<LogLine> {
-        let mut out: Vec<LogLine> = self.pending.drain(..).collect();
+        let mut out = Vec::new();
+        let mut take = |batch: &LogBatch| {
+            out.extend(batch.iter().map(|(stream, text)| LogLine {
+                stream,
+                text: text.to_owned(),
+            }));
+        };
+        if let Some(rest) = self.take_pending() {
+            take(&rest);
+        }
         while let Ok(batch) = self.rx.try_recv() {
-            out.extend(batch);
+            take(&batch);
         }
         out
     }
@@ -357,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn full_sink_applies_backpressure_and_bounds_memory() {
         // Four batch slots; single lines take one slot each.
-        let (sink, mut rx) = LogSink::channel(LogSink::MIN_SLOTS * LogSink::BATCH_LINES);
+        let (sink, mut rx) = LogSink::channel(LogSink::MIN_SLOTS * LogSink::SLOT_LINES);
         for i in 0..4 {
             assert!(sink.try_send(LogStream::Stdout, &format!("line {i}")));
         }
@@ -376,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_lines_are_cut_and_secrets_redacted() {
-        let (sink, mut rx) = LogSink::channel(2 * LogSink::BATCH_LINES);
+        let (sink, mut rx) = LogSink::channel(2 * LogSink::SLOT_LINES);
         let sink = sink.with_redactor(Redactor::new(["hunter2"]));
         sink.send(LogStream::Stderr, "password=hunter2\n").await;
         sink.send(LogStream::Stdout, &"é".repeat(LogSink::MAX_LINE_BYTES))
@@ -401,6 +480,45 @@ mod tests {
         assert_eq!(lines.len(), LogSink::BATCH_LINES + 1);
         assert_eq!(lines[0].text, "0");
         assert_eq!(lines[LogSink::BATCH_LINES].text, "after");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_full_by_bytes_and_reads_back_whole_or_by_line() {
+        let (sink, mut rx) = LogSink::channel(LogSink::SLOT_LINES);
+        let mut batch = LogBatch::default();
+        let line = "y".repeat(1000);
+        let mut pushed = 0;
+        while !batch.is_full() {
+            let stream = if pushed % 2 == 0 {
+                LogStream::Stdout
+            } else {
+                LogStream::Stderr
+            };
+            sink.push(&mut batch, stream, &format!("{pushed} {line}\r\n"));
+            pushed += 1;
+        }
+        // Full by its text, long before the line count.
+        assert!(batch.len() < LogSink::BATCH_LINES);
+        assert_eq!(batch.len(), pushed);
+        sink.send_batch(&mut batch).await;
+        sink.send(LogStream::System, "next").await;
+        // One line by `recv`, the rest of that batch by `recv_batch`.
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.stream, LogStream::Stdout);
+        assert_eq!(first.text, format!("0 {line}"));
+        let rest = rx.recv_batch().await.unwrap();
+        assert_eq!(rest.len(), pushed - 1);
+        let (stream, text) = rest.iter().next().unwrap();
+        assert_eq!(stream, LogStream::Stderr);
+        assert_eq!(text, format!("1 {line}"));
+        assert!(rest.iter().all(|(_, t)| t.ends_with('y')));
+        let next = rx.recv_batch().await.unwrap();
+        assert_eq!(
+            next.iter().collect::<Vec<_>>(),
+            [(LogStream::System, "next")]
+        );
+        drop(sink);
+        assert!(rx.recv_batch().await.is_none());
     }
 
     #[test]

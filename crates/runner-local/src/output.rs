@@ -51,7 +51,12 @@ impl Emitter<'_> {
     fn line(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         // Overlong lines become several lines of at most MAX_LINE_BYTES.
         for piece in bytes.chunks(LogSink::MAX_LINE_BYTES) {
-            let text = String::from_utf8_lossy(piece);
+            // Valid UTF-8 (nearly all output) is borrowed as is; only
+            // invalid bytes pay for the lossy copy.
+            let text = match std::str::from_utf8(piece) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(piece),
+            };
             let text = self.redactor.redact(&text);
             let text = text.trim_end_matches('\r');
             self.log.write_line(text)?;
@@ -106,7 +111,7 @@ pub(crate) fn pump(
         };
         stats.bytes += n as u64;
         let mut rest = &buf[..n];
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             stats.lines += 1;
             if partial.is_empty() {
                 out.line(&rest[..pos])?;

@@ -386,8 +386,8 @@ async fn logs_on(base_dir: &std::path::Path, label: &str) -> Result<(), String> 
     let (sink, mut rx) = LogSink::channel(1024);
     let consumer = tokio::spawn(async move {
         let mut n = 0u64;
-        while rx.recv().await.is_some() {
-            n += 1;
+        while let Some(batch) = rx.recv_batch().await {
+            n += batch.len() as u64;
         }
         n
     });
