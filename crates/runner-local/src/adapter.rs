@@ -90,6 +90,19 @@ impl LocalProcessRunner {
     }
 }
 
+/// The program to start: a bare name is looked up in the child's `PATH`
+/// here, so the standard library can start it with `posix_spawn` (it falls
+/// back to `fork`, which copies this whole process's page tables, whenever
+/// it must search a `PATH` of the child's own). Names with a `/` and
+/// children without a `PATH` are left as they are.
+fn resolve_program(program: &str, path: Option<&str>, cwd: &Path) -> Result<PathBuf, String> {
+    match path {
+        Some(path) if !program.contains('/') => which::which_in(program, Some(path), cwd)
+            .map_err(|_| format!("`{program}` was not found in the test's PATH ({path})")),
+        _ => Ok(PathBuf::from(program)),
+    }
+}
+
 fn io_error<P: PhaseMarker>(ctx: &RunContext, what: &str, err: std::io::Error) -> RunnerError<P> {
     let message = format!("{what}: {err}");
     match err.kind() {
@@ -130,12 +143,6 @@ impl RunnerAdapter for LocalProcessRunner {
             execution_key: ctx.execution_key().to_owned(),
         };
         let handle_path = state.meta().join(HANDLE_FILE);
-        if let Ok(text) = tokio::fs::read_to_string(&handle_path).await
-            && let Ok(existing) = RunnerHandle::from_json(&text)
-        {
-            // A redelivered or retried execution adopts its directory.
-            return Ok(existing);
-        }
         let handle = RunnerHandle::new(
             RUNNER_TYPE,
             state.dir.display().to_string(),
@@ -143,22 +150,50 @@ impl RunnerAdapter for LocalProcessRunner {
             &state,
         )
         .map_err(|e| ProvisionError::permanent(ctx, e.to_string()))?;
-        let made = async {
-            tokio::fs::create_dir_all(state.work()).await?;
-            tokio::fs::create_dir_all(state.meta()).await?;
-            let tmp = handle_path.with_extension("tmp");
-            tokio::fs::write(&tmp, handle.to_json()).await?;
-            tokio::fs::rename(&tmp, &handle_path).await
-        }
+        // All file work in one blocking hop: a hop per call cost more than
+        // the calls on a busy two-core machine.
+        let dir = state.dir.clone();
+        let dirs = [state.work(), state.meta()];
+        let json = handle.to_json();
+        let made = tokio::task::spawn_blocking(move || -> std::io::Result<Option<RunnerHandle>> {
+            if let Ok(text) = std::fs::read_to_string(&handle_path)
+                && let Ok(existing) = RunnerHandle::from_json(&text)
+            {
+                // A redelivered or retried execution adopts its directory.
+                return Ok(Some(existing));
+            }
+            let made = (|| {
+                for d in &dirs {
+                    std::fs::create_dir_all(d)?;
+                }
+                let tmp = handle_path.with_extension("tmp");
+                std::fs::write(&tmp, json)?;
+                std::fs::rename(&tmp, &handle_path)
+            })();
+            if let Err(err) = made {
+                // Leave nothing half-made behind.
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+            Ok(None)
+        })
         .await;
-        if let Err(err) = made {
-            // Leave nothing half-made behind.
-            let _ = tokio::fs::remove_dir_all(&state.dir).await;
-            return Err(io_error(
-                ctx,
-                &format!("cannot create {}", state.dir.display()),
-                err,
-            ));
+        match made {
+            Ok(Ok(Some(existing))) => return Ok(existing),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => {
+                return Err(io_error(
+                    ctx,
+                    &format!("cannot create {}", state.dir.display()),
+                    err,
+                ));
+            }
+            Err(join) => {
+                return Err(ProvisionError::permanent(
+                    ctx,
+                    format!("provisioning panicked: {join}"),
+                ));
+            }
         }
         Ok(handle)
     }
@@ -200,15 +235,36 @@ impl RunnerAdapter for LocalProcessRunner {
         };
 
         let redactor = payload.redactor();
-        let mut command = if payload.shell {
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c").arg(payload.command.join(" "));
-            c
+        let program = if payload.shell {
+            "sh"
         } else {
-            let mut c = tokio::process::Command::new(&payload.command[0]);
-            c.args(&payload.command[1..]);
-            c
+            payload.command[0].as_str()
         };
+        let child_path = payload
+            .env
+            .get("PATH")
+            .map(|v| v.value().to_owned())
+            .or_else(|| {
+                self.config
+                    .env_passthrough
+                    .iter()
+                    .any(|k| k == "PATH")
+                    .then(|| std::env::var("PATH").ok())
+                    .flatten()
+            });
+        let resolved = resolve_program(program, child_path.as_deref(), &cwd).map_err(|e| {
+            ExecutionError::permanent(
+                ctx,
+                format!("cannot start command `{program}` (payload.command[0]): {e}"),
+            )
+        })?;
+        let mut command = tokio::process::Command::new(&resolved);
+        command.arg0(program);
+        if payload.shell {
+            command.arg("-c").arg(payload.command.join(" "));
+        } else {
+            command.args(&payload.command[1..]);
+        }
         command
             .current_dir(&cwd)
             .env_clear()
@@ -232,11 +288,6 @@ impl RunnerAdapter for LocalProcessRunner {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
-                let program = if payload.shell {
-                    "sh"
-                } else {
-                    payload.command[0].as_str()
-                };
                 let message =
                     format!("cannot start command `{program}` (payload.command[0]): {err}");
                 return Err(match err.kind() {
@@ -277,6 +328,12 @@ impl RunnerAdapter for LocalProcessRunner {
             let path = state.log(name);
             let limit = self.config.max_log_bytes;
             tokio::task::spawn_blocking(move || -> std::io::Result<output::PumpStats> {
+                // A new file for each run, never a truncated old one: an
+                // earlier attempt's collected log may be a link to it.
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
                 let file = std::fs::File::create(&path)?;
                 match fd {
                     Some(Ok(fd)) => output::pump(
@@ -377,7 +434,7 @@ impl RunnerAdapter for LocalProcessRunner {
                 }
                 if source.exists() {
                     // Already redacted as it was written.
-                    std::fs::copy(&source, &target)?;
+                    link_or_copy(&source, &target)?;
                 } else {
                     std::fs::write(&target, b"")?;
                 }
@@ -445,6 +502,19 @@ impl RunnerAdapter for LocalProcessRunner {
             )),
         }
     }
+}
+
+/// Put the finished log `source` at `target`: a hard link (no copy, no
+/// new inode) where both are on one file system, else a copy.
+fn link_or_copy(source: &Path, target: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if std::fs::hard_link(source, target).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(source, target).map(|_| ())
 }
 
 async fn sleep_opt(limit: Option<Duration>) {
@@ -583,4 +653,44 @@ fn list_dirs(root: &Path) -> std::io::Result<Vec<OwnedResource>> {
         });
     }
     Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_programs_are_found_in_the_childs_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let tool = bin.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        let not_exec = bin.join("data");
+        std::fs::write(&not_exec, "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("/nonexistent:{}", bin.display());
+        assert_eq!(
+            resolve_program("tool", Some(&path), dir.path()).unwrap(),
+            tool
+        );
+        // Not executable, or absent: an error naming the program and the PATH.
+        for missing in ["data", "absent"] {
+            let err = resolve_program(missing, Some(&path), dir.path()).unwrap_err();
+            assert!(
+                err.contains(missing) && err.contains("/nonexistent"),
+                "{err}"
+            );
+        }
+        // A path, or no PATH at all: left to the spawn.
+        assert_eq!(
+            resolve_program("./tool", Some(&path), dir.path()).unwrap(),
+            PathBuf::from("./tool")
+        );
+        assert_eq!(
+            resolve_program("tool", None, dir.path()).unwrap(),
+            PathBuf::from("tool")
+        );
+    }
 }

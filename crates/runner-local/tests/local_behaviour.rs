@@ -205,6 +205,45 @@ async fn secret_env_reaches_the_process_but_no_log_or_artifact() {
 }
 
 #[tokio::test]
+async fn a_later_attempt_leaves_an_earlier_attempts_collected_log_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let first = RunContext::new("relog.1", "corr").with_execution_key("relog");
+    let handle = runner.provision(&first, &common::bench()).await.unwrap();
+    let payload = common::sh("echo first attempt");
+    runner.run_test(&first, &handle, &payload).await.unwrap();
+    let kept = runner
+        .collect_artifacts(&first, &handle, &payload)
+        .await
+        .unwrap();
+    // The redelivery adopts the directory and runs again.
+    let second = RunContext::new("relog.2", "corr")
+        .with_execution_key("relog")
+        .with_attempt(2);
+    let again = runner.provision(&second, &common::bench()).await.unwrap();
+    assert_eq!(again.handle_id(), handle.handle_id());
+    runner
+        .run_test(&second, &again, &common::sh("echo second"))
+        .await
+        .unwrap();
+    let newer = runner
+        .collect_artifacts(&second, &again, &payload)
+        .await
+        .unwrap();
+    runner.teardown(&second, &again).await.unwrap();
+    let read = |bundle: &runner_core::ArtifactBundle| {
+        let log = bundle.get("logs/stdout.log").unwrap();
+        let ArtifactLocation::Local(path) = &log.location else {
+            panic!("local")
+        };
+        std::fs::read_to_string(path).unwrap()
+    };
+    // Both survive teardown, each with its own attempt's output.
+    assert_eq!(read(&kept), "first attempt\n");
+    assert_eq!(read(&newer), "second\n");
+}
+
+#[tokio::test]
 async fn teardown_from_another_runner_instance_kills_and_removes() {
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("ORPHAN_MARKER={}", std::process::id());
