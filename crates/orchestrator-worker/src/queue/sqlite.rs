@@ -11,6 +11,31 @@ use serde::{Deserialize, Serialize};
 
 use super::{AttemptRecord, DeadLetter, Lease, QueueDepth, QueueError, TaskQueue, now_ms};
 
+/// Statements through the connection's prepared-statement cache: the
+/// store runs the same few statements for every task, and preparing one
+/// costs about as much as running it.
+trait Cached {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS tasks (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -142,6 +167,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.display().to_string(),
@@ -180,7 +206,7 @@ impl SqliteStore {
         self.with(move |c| {
             let tx = c.transaction().map_err(store_err)?;
             let handle: Option<String> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT handle FROM journal WHERE execution_key = ?1 AND state = 'live'",
                     params![key],
                     |r| r.get(0),
@@ -188,7 +214,7 @@ impl SqliteStore {
                 .optional()
                 .map_err(store_err)?;
             if handle.is_some() {
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE journal SET owner = ?2, updated_at = ?3 WHERE execution_key = ?1",
                     params![key, worker, to_i64(now_ms())],
                 )
@@ -206,7 +232,7 @@ impl SqliteStore {
     pub async fn journal_owner(&self, key: &str) -> Result<Option<String>, QueueError> {
         let key = key.to_owned();
         self.with(move |c| {
-            c.query_row(
+            c.query_row_cached(
                 "SELECT owner FROM journal WHERE execution_key = ?1",
                 params![key],
                 |r| r.get(0),
@@ -227,7 +253,7 @@ impl SqliteStore {
         let (key, worker) = (key.to_owned(), worker.to_owned());
         let (runner_type, json) = (handle.runner_type().to_owned(), handle.to_json());
         self.with(move |c| {
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO journal (execution_key, runner_type, handle, owner, state, provisions, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'live', 1, ?5)
                  ON CONFLICT(execution_key) DO UPDATE SET
@@ -251,7 +277,7 @@ impl SqliteStore {
         let key = key.to_owned();
         let note = note.map(str::to_owned);
         self.with(move |c| {
-            c.execute(
+            c.exec_cached(
                 "UPDATE journal SET state = ?2, note = ?3, updated_at = ?4 WHERE execution_key = ?1",
                 params![key, state.as_str(), note, to_i64(now_ms())],
             )
@@ -304,7 +330,7 @@ impl SqliteStore {
     pub async fn worker_heartbeat(&self, worker: &str, pid: u32) -> Result<(), QueueError> {
         let worker = worker.to_owned();
         self.with(move |c| {
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO workers (id, pid, heartbeat_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
                 params![worker, i64::from(pid), to_i64(now_ms())],
@@ -319,7 +345,7 @@ impl SqliteStore {
     pub async fn worker_gone(&self, worker: &str) -> Result<(), QueueError> {
         let worker = worker.to_owned();
         self.with(move |c| {
-            c.execute("DELETE FROM workers WHERE id = ?1", params![worker])
+            c.exec_cached("DELETE FROM workers WHERE id = ?1", params![worker])
                 .map_err(store_err)?;
             Ok(())
         })
@@ -329,7 +355,7 @@ impl SqliteStore {
     /// Tasks currently leased (for tests and `serve`'s drain check).
     pub async fn leased_count(&self) -> Result<u64, QueueError> {
         self.with(|c| {
-            c.query_row(
+            c.query_row_cached(
                 "SELECT COUNT(*) FROM tasks WHERE state = 'leased'",
                 [],
                 |r| r.get::<_, i64>(0),
@@ -364,7 +390,7 @@ impl SqliteStore {
         let id = Self::parse_id(&lease.task_id, "task")?;
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&id, &lease.token];
         args.extend_from_slice(extra);
-        let changed = c.execute(sql, args.as_slice()).map_err(store_err)?;
+        let changed = c.exec_cached(sql, args.as_slice()).map_err(store_err)?;
         if changed == 0 {
             return Err(QueueError::LeaseLost {
                 task_id: lease.task_id.clone(),
@@ -386,7 +412,7 @@ impl TaskQueue for SqliteStore {
         let body = body.to_owned();
         self.with(move |c| {
             let now = to_i64(now_ms());
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO tasks (body, state, visible_at, created_at, updated_at) VALUES (?1, 'ready', ?2, ?2, ?2)",
                 params![body, now],
             )
@@ -404,7 +430,7 @@ impl TaskQueue for SqliteStore {
             let until = now.saturating_add(i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX));
             // Ready tasks whose delay passed, and leased ones whose lease expired.
             let row = c
-                .query_row(
+                .query_row_cached(
                     "UPDATE tasks SET state = 'leased', lease_owner = ?2, lease_token = ?3,
                             visible_at = ?4, attempts = attempts + 1, updated_at = ?1
                      WHERE id = (SELECT id FROM tasks WHERE state IN ('ready', 'leased') AND visible_at <= ?1
@@ -505,7 +531,7 @@ impl TaskQueue for SqliteStore {
                  WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'",
                 &[&history, &now],
             )?;
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO dead_letters (task_id, body, reason, history, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![Self::parse_id(&lease.task_id, "task")?, lease.body, reason, history, now],
             )
@@ -569,7 +595,7 @@ impl TaskQueue for SqliteStore {
         let key = Self::parse_id(id, "dead letter")?;
         let id = id.to_owned();
         self.with(move |c| {
-            c.query_row(
+            c.query_row_cached(
                 "SELECT id, task_id, body, reason, history, created_at FROM dead_letters WHERE id = ?1",
                 params![key],
                 dead_letter_row,
@@ -590,7 +616,7 @@ impl TaskQueue for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction().map_err(store_err)?;
             let body: Option<String> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT body FROM dead_letters WHERE id = ?1 AND replayed = 0",
                     params![key],
                     |r| r.get(0),
@@ -604,13 +630,13 @@ impl TaskQueue for SqliteStore {
                 });
             };
             let now = to_i64(now_ms());
-            tx.execute(
+            tx.exec_cached(
                 "INSERT INTO tasks (body, state, visible_at, created_at, updated_at) VALUES (?1, 'ready', ?2, ?2, ?2)",
                 params![body, now],
             )
             .map_err(store_err)?;
             let task_id = tx.last_insert_rowid();
-            tx.execute("UPDATE dead_letters SET replayed = 1 WHERE id = ?1", params![key])
+            tx.exec_cached("UPDATE dead_letters SET replayed = 1 WHERE id = ?1", params![key])
                 .map_err(store_err)?;
             tx.commit().map_err(store_err)?;
             Ok(task_id.to_string())
