@@ -313,25 +313,50 @@ impl EksRunner {
         jobs: &Api<Job>,
         name: &str,
     ) -> Result<(), ExecutionError> {
-        let until = Instant::now() + Duration::from_secs(120);
-        let mut delay = Duration::from_millis(50);
-        while Instant::now() < until {
-            let existing = api::retry(self.attempts(), &format!("get job {name}"), || {
-                jobs.get_opt(name)
-            })
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
-            if existing.is_none() {
-                return Ok(());
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+        let limit = Duration::from_secs(120);
+        if self
+            .poll_until(ctx, jobs, name, limit, Option::is_none)
+            .await?
+        {
+            return Ok(());
         }
         Err(ExecutionError::transient(
             ctx,
             format!("job {name} of an earlier attempt was still being deleted after 120 s"),
         )
         .with_backend(RUNNER_TYPE))
+    }
+
+    /// Get object `name` (each get retried, bounded) until `done` holds for
+    /// what was found (`None`: it is gone), backing off from 50 ms to 2 s;
+    /// `false` when `limit` passed first.
+    async fn poll_until<K>(
+        &self,
+        ctx: &RunContext,
+        api: &Api<K>,
+        name: &str,
+        limit: Duration,
+        done: impl Fn(&Option<K>) -> bool,
+    ) -> Result<bool, ExecutionError>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let what = format!("get {} {name}", K::kind(&()).to_lowercase());
+        let until = Instant::now() + limit;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let found = api::retry(self.attempts(), &what, || api.get_opt(name))
+                .await
+                .map_err(|e| e.into_runner(ctx))?;
+            if done(&found) {
+                return Ok(true);
+            }
+            if Instant::now() + delay > until {
+                return Ok(false);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// The test pod's name once it runs (or has already ended), or how it
@@ -570,35 +595,23 @@ impl EksRunner {
         // The kubelet kills the sidecar after its grace period; a little
         // more for the status to reach the API server.
         let limit = Duration::from_secs(artifacts.upload_timeout_seconds + 5);
-        let until = Instant::now() + limit;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let found = api::retry(self.attempts(), &format!("get pod {pod}"), || {
-                pods.get_opt(pod)
-            })
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
+        // Gone (TTL, deleted) or finished: the upload is over either way.
+        let finished = |found: &Option<Pod>| {
             let phase = found
                 .as_ref()
                 .and_then(|p| p.status.as_ref())
                 .and_then(|s| s.phase.as_deref());
-            match (found.is_some(), phase) {
-                // Gone (TTL, deleted) or finished: the upload is over either way.
-                (false, _) | (true, Some("Succeeded" | "Failed")) => return Ok(()),
-                _ => {}
-            }
-            if Instant::now() + delay > until {
-                let message = format!(
-                    "eks: the uploader of pod {pod} had not finished {} s after the test ended; artifacts may be incomplete",
-                    limit.as_secs()
-                );
-                tracing::warn!(%pod, "{message}");
-                ctx.logs().send(LogStream::System, &message).await;
-                return Ok(());
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            found.is_none() || matches!(phase, Some("Succeeded" | "Failed"))
+        };
+        if !self.poll_until(ctx, pods, pod, limit, finished).await? {
+            let message = format!(
+                "eks: the uploader of pod {pod} had not finished {} s after the test ended; artifacts may be incomplete",
+                limit.as_secs()
+            );
+            tracing::warn!(%pod, "{message}");
+            ctx.logs().send(LogStream::System, &message).await;
         }
+        Ok(())
     }
 
     async fn run_job(
