@@ -260,6 +260,8 @@ pub fn secret_manifest(
     secret.metadata.name = Some(secret_name(job));
     secret.metadata.namespace = Some(config.namespace.clone());
     secret.metadata.labels = Some(labels(config, ids, job));
+    // The raw ids, for leak listing when its Job never came to be.
+    secret.metadata.annotations = Some(annotations(ids));
     secret.string_data = Some(data);
     secret.type_ = Some("Opaque".into());
     Some(secret)

@@ -1145,7 +1145,7 @@ impl RunnerAdapter for EksRunner {
 
     async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
         let config = &self.inner.config;
-        let (jobs, _, _) = self.apis(ctx, &config.namespace).await?;
+        let (jobs, _, secrets) = self.apis(ctx, &config.namespace).await?;
         let selector = format!(
             "{}={},{}={}",
             job::MANAGED_BY_KEY,
@@ -1153,25 +1153,44 @@ impl RunnerAdapter for EksRunner {
             job::OWNER,
             config.owner
         );
-        let list = api::retry(self.attempts(), "list owned jobs", || async {
-            jobs.list(&ListParams::default().labels(&selector)).await
+        let params = ListParams::default().labels(&selector);
+        let listed_jobs = api::retry(self.attempts(), "list owned jobs", || async {
+            jobs.list(&params).await
+        })
+        .await
+        .map_err(|e| e.into_runner(ctx))?;
+        // A Secret whose Job never came to be (the worker died between the
+        // two): its ownerReference was never set, so nothing else removes it.
+        let listed_secrets = api::retry(self.attempts(), "list owned secrets", || async {
+            secrets.list(&params).await
         })
         .await
         .map_err(|e| e.into_runner(ctx))?;
         let now = jiff::Timestamp::now();
+        let job_names: std::collections::BTreeSet<String> = listed_jobs
+            .items
+            .iter()
+            .filter_map(|j| j.metadata.name.clone())
+            .collect();
+        let found = listed_jobs
+            .items
+            .into_iter()
+            .filter_map(|j| Some((j.metadata.name.clone()?, j.metadata)))
+            .chain(listed_secrets.items.into_iter().filter_map(|s| {
+                let job = s.metadata.labels.as_ref()?.get(job::JOB_LABEL)?.clone();
+                (!job_names.contains(&job)).then_some((job, s.metadata))
+            }));
         let mut owned = Vec::new();
-        for found in list.items {
-            let Some(name) = found.metadata.name.clone() else {
-                continue;
-            };
-            let annotations = found.metadata.annotations.clone().unwrap_or_default();
+        for (name, metadata) in found {
+            let annotations = metadata.annotations.unwrap_or_default();
             let execution_id = annotations.get(job::EXECUTION_ID).cloned();
             let execution_key = annotations.get(job::EXECUTION_KEY).cloned();
-            let age = found
-                .metadata
+            let age = metadata
                 .creation_timestamp
                 .as_ref()
                 .map(|t| now.duration_since(t.0).as_secs().max(0) as u64);
+            // The Job's handle either way: teardown deletes the Job (a 404
+            // is success) and its Secret.
             let handle = RunnerHandle::new(
                 RUNNER_TYPE,
                 format!("{}/{name}", config.namespace),

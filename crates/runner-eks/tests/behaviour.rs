@@ -260,6 +260,41 @@ async fn secret_values_go_to_a_secret_and_never_into_the_job_or_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_whose_job_never_came_is_listed_and_torn_down() {
+    let s = setup().await;
+    let ctx = ctx("orphan").with_execution_key("orphan-key");
+    let handle = s.runner.provision(&ctx, &common::bench()).await.unwrap();
+    let mut payload = common::payload(&[]);
+    payload.env.insert(
+        "API_TOKEN".into(),
+        EnvVar::Detailed {
+            value: "orphaned-secret".into(),
+            secret: true,
+        },
+    );
+    // The Secret is made, the Job is not; no teardown follows (a worker
+    // that died there).
+    s.fake.reject_jobs(true);
+    let err = s
+        .runner
+        .run_test(&ctx, &handle, &payload)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    s.fake.reject_jobs(false);
+    assert_eq!(s.fake.secrets().len(), 1);
+    let owned = s.runner.list_owned(&ctx).await.unwrap();
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    assert_eq!(owned[0].resource_id, handle.handle_id());
+    assert_eq!(owned[0].execution_key.as_deref(), Some("orphan-key"));
+    assert_eq!(owned[0].execution_id.as_deref(), Some(ctx.execution_id()));
+    // The reaper's path: teardown from the listed handle removes it.
+    s.runner.teardown(&ctx, &owned[0].handle).await.unwrap();
+    assert!(s.fake.secrets().is_empty());
+    assert!(s.runner.list_owned(&ctx).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_outages_are_retried_then_transient() {
     let s = setup().await;
     let ctx = ctx("outage");

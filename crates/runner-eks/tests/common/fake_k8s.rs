@@ -80,6 +80,7 @@ struct Inner {
     deletes: Vec<(String, String)>,
     log_connections: u64,
     fail_next: u32,
+    reject_jobs: bool,
     counter: u64,
     uploader: Option<Uploader>,
 }
@@ -374,7 +375,7 @@ impl FakeK8s {
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .route(
                 "/api/v1/namespaces/{ns}/secrets",
-                axum::routing::post(create_secret),
+                get(list_secrets).post(create_secret),
             )
             .route(
                 "/api/v1/namespaces/{ns}/secrets/{name}",
@@ -424,6 +425,12 @@ impl FakeK8s {
     /// The next `n` requests fail with 503.
     pub fn fail_next(&self, n: u32) {
         self.inner.lock().unwrap().fail_next = n;
+    }
+
+    /// Refuse every Job creation with 403 (a worker that made the Secret
+    /// and died before its Job, as far as the cluster can tell).
+    pub fn reject_jobs(&self, reject: bool) {
+        self.inner.lock().unwrap().reject_jobs = reject;
     }
 
     /// Give the fake sidecar somewhere to upload.
@@ -550,6 +557,13 @@ async fn create_job(State(inner): State<Shared>, Path(ns): Path<String>, body: B
     };
     if ns != "tests" {
         return status(404, "NotFound", format!("namespaces \"{ns}\" not found"));
+    }
+    if inner.lock().unwrap().reject_jobs {
+        return status(
+            403,
+            "Forbidden",
+            "jobs.batch is forbidden: simulated".into(),
+        );
     }
     let Some(name) = job["metadata"]["name"].as_str().map(str::to_string) else {
         return status(
@@ -927,6 +941,23 @@ async fn create_secret(
     secret["kind"] = json!("Secret");
     inner.secrets.insert((ns, name), secret.clone());
     (StatusCode::CREATED, axum::Json(secret)).into_response()
+}
+
+async fn list_secrets(
+    State(inner): State<Shared>,
+    Path(ns): Path<String>,
+    Query(q): Params,
+) -> Response {
+    let inner = inner.lock().unwrap();
+    let items: Vec<Value> = inner
+        .secrets
+        .iter()
+        .filter(|((n, _), secret)| {
+            *n == ns && selector_matches(q.get("labelSelector"), &secret["metadata"]["labels"])
+        })
+        .map(|(_, secret)| secret.clone())
+        .collect();
+    list("SecretList", "v1", items, inner.counter)
 }
 
 async fn get_secret(
