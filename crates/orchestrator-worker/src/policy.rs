@@ -15,8 +15,6 @@
 //! the journal for the reaper. An artifact failure after a result is
 //! recorded beside the result and the task is still acked.
 
-use std::time::Duration;
-
 use runner_core::{ErrorKind, Phase, TestStatus};
 use serde::{Deserialize, Serialize};
 
@@ -65,35 +63,8 @@ pub enum Ending {
     BadTask,
 }
 
-/// Retry delays: exponential from `base`, capped, with full jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The delay before the first retry (before jitter).
-    pub base: Duration,
-    /// The largest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay after failed attempt `attempt` (1-based): a uniformly
-    /// random value in [d/2, d] with d = base * 2^(attempt-1), capped.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let full = self.base.saturating_mul(1u32 << exp).min(self.max);
-        let half = full / 2;
-        let jitter_ms = u64::try_from((full - half).as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(fastrand::u64(0..=jitter_ms))
-    }
-}
+/// Retry delays (shared with the backends' API retries).
+pub use runner_core::Backoff;
 
 /// Apply the table. `attempt` is the attempt that just ended (1-based).
 pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, backoff: &Backoff) -> Disposition {
@@ -148,6 +119,8 @@ pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, backoff: &Backof
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn failed(kind: ErrorKind) -> Ending {
@@ -224,20 +197,5 @@ mod tests {
             decide(&Ending::BadTask, 1, 3, &b),
             Disposition::DeadLetter { .. }
         ));
-    }
-
-    #[test]
-    fn backoff_grows_within_jitter_bounds_and_caps() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_millis(1000),
-        };
-        for _ in 0..100 {
-            let d1 = b.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
-            let d3 = b.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
-            assert!(b.delay(20) <= Duration::from_millis(1000));
-        }
     }
 }

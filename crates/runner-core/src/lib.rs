@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod artifact;
+pub mod backoff;
 pub mod blocking;
 pub mod config;
 pub mod context;
@@ -15,6 +16,7 @@ pub mod spec;
 
 pub use adapter::{Capabilities, DynRunnerAdapter, OwnedResource, RunnerAdapter};
 pub use artifact::{Artifact, ArtifactBundle, ArtifactKind, ArtifactLocation};
+pub use backoff::Backoff;
 pub use config::{ConfigError, PhaseTimeouts, RunnerConfig};
 pub use context::{LogBatch, LogLine, LogReceiver, LogSink, LogStream, RunContext};
 pub use error::{

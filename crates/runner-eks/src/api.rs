@@ -98,6 +98,10 @@ impl K8sError {
     }
 }
 
+/// Delays between retries of one call: 200 ms doubling to 5 s, jittered.
+const BACKOFF: runner_core::Backoff =
+    runner_core::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+
 /// Run an idempotent call up to `attempts` times while it fails transiently
 /// (jittered exponential backoff from 200 ms, at most 5 s).
 pub async fn retry<T, F, Fut>(attempts: u32, op: &str, mut call: F) -> Result<T, K8sError>
@@ -105,7 +109,6 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
-    let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
         match call().await {
@@ -116,9 +119,7 @@ where
                     return Err(err);
                 }
                 tracing::debug!(%op, attempt, error = %err, "retrying a kubernetes call");
-                let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
-                tokio::time::sleep(delay + jitter).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(BACKOFF.delay(attempt)).await;
                 attempt += 1;
             }
         }

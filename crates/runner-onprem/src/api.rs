@@ -184,7 +184,9 @@ impl Api {
         } else {
             format!("{}{path}", self.base)
         };
-        let mut backoff = self.retry.base;
+        let backoff = runner_core::Backoff::new(self.retry.base, self.retry.max);
+        // Backoff steps taken (a server's Retry-After takes none).
+        let mut step = 0;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -241,10 +243,8 @@ impl Api {
                 Some(after) if after > self.retry.max_retry_after => return Err(failure),
                 Some(after) => after,
                 None => {
-                    let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
-                    let pause = backoff + jitter;
-                    backoff = (backoff * 2).min(self.retry.max);
-                    pause
+                    step += 1;
+                    backoff.delay(step)
                 }
             };
             if deadline.is_some_and(|d| Instant::now() + pause > d) {
