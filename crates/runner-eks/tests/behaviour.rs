@@ -229,14 +229,7 @@ async fn secret_values_go_to_a_secret_and_never_into_the_job_or_log() {
     let s = setup().await;
     let ctx = ctx("secret");
     let handle = s.runner.provision(&ctx, &common::bench()).await.unwrap();
-    let mut payload = common::payload(&[]);
-    payload.env.insert(
-        "API_TOKEN".into(),
-        EnvVar::Detailed {
-            value: "hunter2-secret".into(),
-            secret: true,
-        },
-    );
+    let payload = common::with_secret(common::payload(&[]), "API_TOKEN", "hunter2-secret");
     s.runner.run_test(&ctx, &handle, &payload).await.unwrap();
     let job = s.fake.job(&handle.handle_id()[6..]).unwrap();
     assert!(!job.to_string().contains("hunter2-secret"));
@@ -264,14 +257,7 @@ async fn a_secret_whose_job_never_came_is_listed_and_torn_down() {
     let s = setup().await;
     let ctx = ctx("orphan").with_execution_key("orphan-key");
     let handle = s.runner.provision(&ctx, &common::bench()).await.unwrap();
-    let mut payload = common::payload(&[]);
-    payload.env.insert(
-        "API_TOKEN".into(),
-        EnvVar::Detailed {
-            value: "orphaned-secret".into(),
-            secret: true,
-        },
-    );
+    let payload = common::with_secret(common::payload(&[]), "API_TOKEN", "orphaned-secret");
     // The Secret is made, the Job is not; no teardown follows (a worker
     // that died there).
     s.fake.reject_jobs(true);

@@ -59,3 +59,15 @@ pub fn payload(env: &[(&str, &str)]) -> TestPayload {
         ..TestPayload::default()
     }
 }
+
+/// `payload` with a secret variable (`{value, secret: true}`).
+pub fn with_secret(mut payload: TestPayload, name: &str, value: &str) -> TestPayload {
+    payload.env.insert(
+        name.into(),
+        EnvVar::Detailed {
+            value: value.into(),
+            secret: true,
+        },
+    );
+    payload
+}
