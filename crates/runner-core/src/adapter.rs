@@ -27,7 +27,11 @@ pub struct Capabilities {
 }
 
 /// A resource a backend holds, as reported by [`RunnerAdapter::list_owned`].
+///
+/// Built with [`OwnedResource::new`] and the `with_*` methods, so a field
+/// added later does not break backends outside this workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct OwnedResource {
     /// The backend's id of it.
     pub resource_id: String,
@@ -35,10 +39,53 @@ pub struct OwnedResource {
     pub execution_id: Option<String>,
     /// The execution key it was made for, when tagged.
     pub execution_key: Option<String>,
+    /// The worker that made it, when tagged ([`RunContext::worker_id`]).
+    #[serde(default)]
+    pub worker_id: Option<String>,
     /// Age in seconds, when known.
     pub age_seconds: Option<u64>,
     /// A handle that `teardown` accepts for it.
     pub handle: RunnerHandle,
+}
+
+impl OwnedResource {
+    /// A resource with id `resource_id` that `handle` tears down; nothing
+    /// else known yet.
+    pub fn new(resource_id: impl Into<String>, handle: RunnerHandle) -> Self {
+        Self {
+            resource_id: resource_id.into(),
+            execution_id: None,
+            execution_key: None,
+            worker_id: None,
+            age_seconds: None,
+            handle,
+        }
+    }
+
+    /// The execution key it was made for.
+    pub fn with_execution_key(mut self, key: impl Into<String>) -> Self {
+        self.execution_key = Some(key.into());
+        self
+    }
+
+    /// The execution id it was made for.
+    pub fn with_execution_id(mut self, id: impl Into<String>) -> Self {
+        self.execution_id = Some(id.into());
+        self
+    }
+
+    /// The worker that made it; an empty id (no worker) is left out.
+    pub fn with_worker(mut self, worker_id: impl Into<String>) -> Self {
+        let worker_id = worker_id.into();
+        self.worker_id = (!worker_id.is_empty()).then_some(worker_id);
+        self
+    }
+
+    /// Its age.
+    pub fn with_age_seconds(mut self, age: u64) -> Self {
+        self.age_seconds = Some(age);
+        self
+    }
 }
 
 /// An execution backend: provision an environment, run a test in it, collect

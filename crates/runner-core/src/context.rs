@@ -311,6 +311,7 @@ pub struct RunContext {
     correlation_id: String,
     execution_id: String,
     execution_key: String,
+    worker_id: String,
     attempt: u32,
     deadline: Option<Instant>,
     cancel: CancellationToken,
@@ -326,6 +327,7 @@ impl RunContext {
             correlation_id: correlation_id.into(),
             execution_key: execution_id.clone(),
             execution_id,
+            worker_id: String::new(),
             attempt: 1,
             deadline: None,
             cancel: CancellationToken::new(),
@@ -337,6 +339,14 @@ impl RunContext {
     /// redeliveries and retries of one task, so a backend never provisions twice.
     pub fn with_execution_key(mut self, key: impl Into<String>) -> Self {
         self.execution_key = key.into();
+        self
+    }
+
+    /// Set the id of the worker running this execution. Backends tag every
+    /// resource they make with it, so a fleet's reaper can tell a live
+    /// worker's resources from a dead one's.
+    pub fn with_worker(mut self, worker_id: impl Into<String>) -> Self {
+        self.worker_id = worker_id.into();
         self
     }
 
@@ -395,6 +405,12 @@ impl RunContext {
     /// The idempotency key of the task.
     pub fn execution_key(&self) -> &str {
         &self.execution_key
+    }
+
+    /// The worker running this execution; empty when not run by a worker
+    /// (`orchestrator run` sets its own id, tests may leave it empty).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
     }
 
     /// The attempt number, starting at 1.

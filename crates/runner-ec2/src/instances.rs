@@ -30,6 +30,8 @@ pub mod tags {
     pub const EXECUTION_ID: &str = "orchestrator:execution-id";
     /// The correlation id of that execution.
     pub const CORRELATION_ID: &str = "orchestrator:correlation-id";
+    /// The worker that launched or claimed the instance.
+    pub const WORKER: &str = "orchestrator:worker";
     /// The warm pool the instance belongs to.
     pub const POOL: &str = "orchestrator:pool";
     /// `ready` (claimable) or `busy` (held by an execution).

@@ -279,6 +279,12 @@ impl Ec2Runner {
             ),
             ("Name".to_string(), format!("orch-{}", ctx.execution_id())),
         ]
+        .into_iter()
+        .chain(
+            (!ctx.worker_id().is_empty())
+                .then(|| (tags::WORKER.to_string(), ctx.worker_id().to_string())),
+        )
+        .collect()
     }
 }
 
@@ -650,13 +656,14 @@ impl RunnerAdapter for Ec2Runner {
                 },
             )
             .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
-            owned.push(OwnedResource {
-                resource_id: instance.id.clone(),
-                execution_id: Some(execution_id),
-                execution_key: Some(key.to_string()),
-                age_seconds: since.map(|s| now.saturating_sub(s).max(0) as u64),
-                handle,
-            });
+            let mut resource = OwnedResource::new(&instance.id, handle)
+                .with_execution_id(execution_id)
+                .with_execution_key(key)
+                .with_worker(instance.tag(tags::WORKER).unwrap_or_default());
+            if let Some(since) = since {
+                resource = resource.with_age_seconds(now.saturating_sub(since).max(0) as u64);
+            }
+            owned.push(resource);
         }
         Ok(owned)
     }

@@ -57,6 +57,7 @@ pub async fn claim(
                 (tags::EXECUTION_KEY, ctx.execution_key().to_string()),
                 (tags::EXECUTION_ID, ctx.execution_id().to_string()),
                 (tags::CORRELATION_ID, ctx.correlation_id().to_string()),
+                (tags::WORKER, ctx.worker_id().to_string()),
                 (tags::SINCE, now_secs().to_string()),
             ],
         )
@@ -112,6 +113,7 @@ pub async fn release(
             tags::EXECUTION_KEY,
             tags::EXECUTION_ID,
             tags::CORRELATION_ID,
+            tags::WORKER,
         ],
     )
     .await?;

@@ -26,6 +26,8 @@ pub const JOB_LABEL: &str = "orchestrator.dev/job";
 pub const EXECUTION_KEY: &str = "orchestrator.dev/execution-key";
 /// The attempt that created the Job (annotation).
 pub const ATTEMPT: &str = "orchestrator.dev/attempt";
+/// Annotation: the worker that created the Job (empty outside a worker).
+pub const WORKER: &str = "orchestrator.dev/worker";
 /// The test's container.
 pub const TEST_CONTAINER: &str = "test";
 /// The artifact uploader's container (a native sidecar).
@@ -66,6 +68,8 @@ pub struct Ids<'a> {
     pub execution_key: &'a str,
     /// Attempt.
     pub attempt: u32,
+    /// The worker creating the Job.
+    pub worker: &'a str,
 }
 
 /// Labels on the Job, its pods and its Secret.
@@ -86,6 +90,7 @@ pub fn annotations(ids: &Ids<'_>) -> BTreeMap<String, String> {
         (CORRELATION_ID.to_string(), ids.correlation_id.to_string()),
         (EXECUTION_KEY.to_string(), ids.execution_key.to_string()),
         (ATTEMPT.to_string(), ids.attempt.to_string()),
+        (WORKER.to_string(), ids.worker.to_string()),
     ])
 }
 
@@ -314,6 +319,7 @@ mod tests {
             correlation_id: "c1",
             execution_key: "k1",
             attempt: 2,
+            worker: "w1",
         };
         let spec = JobSpec {
             config: &config,

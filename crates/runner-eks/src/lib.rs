@@ -642,6 +642,7 @@ impl EksRunner {
             correlation_id: ctx.correlation_id(),
             execution_key: ctx.execution_key(),
             attempt: ctx.attempt(),
+            worker: ctx.worker_id(),
         };
         let timeout = payload
             .timeout_seconds
@@ -1203,13 +1204,18 @@ impl RunnerAdapter for EksRunner {
                 },
             )
             .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
-            owned.push(OwnedResource {
-                resource_id: format!("{}/{name}", config.namespace),
-                execution_id,
-                execution_key,
-                age_seconds: age,
-                handle,
-            });
+            let mut resource = OwnedResource::new(format!("{}/{name}", config.namespace), handle)
+                .with_worker(annotations.get(job::WORKER).cloned().unwrap_or_default());
+            if let Some(id) = execution_id {
+                resource = resource.with_execution_id(id);
+            }
+            if let Some(key) = execution_key {
+                resource = resource.with_execution_key(key);
+            }
+            if let Some(age) = age {
+                resource = resource.with_age_seconds(age);
+            }
+            owned.push(resource);
         }
         Ok(owned)
     }

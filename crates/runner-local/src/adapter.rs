@@ -28,6 +28,9 @@ pub struct LocalProcessRunner {
 struct LocalState {
     dir: PathBuf,
     execution_key: String,
+    /// The worker that provisioned it (empty outside a worker).
+    #[serde(default)]
+    worker: String,
 }
 
 impl LocalState {
@@ -141,6 +144,7 @@ impl RunnerAdapter for LocalProcessRunner {
         let state = LocalState {
             dir: self.config.root.join(name),
             execution_key: ctx.execution_key().to_owned(),
+            worker: ctx.worker_id().to_owned(),
         };
         let handle_path = state.meta().join(HANDLE_FILE);
         let handle = RunnerHandle::new(
@@ -644,13 +648,17 @@ fn list_dirs(root: &Path) -> std::io::Result<Vec<OwnedResource>> {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .map(|d| d.as_secs());
-        owned.push(OwnedResource {
-            resource_id: handle.handle_id().to_owned(),
-            execution_id: Some(handle.execution_id().to_owned()),
-            execution_key: state.map(|s| s.execution_key),
-            age_seconds,
-            handle,
-        });
+        let mut resource = OwnedResource::new(handle.handle_id(), handle.clone())
+            .with_execution_id(handle.execution_id());
+        if let Some(state) = state {
+            resource = resource
+                .with_execution_key(state.execution_key)
+                .with_worker(state.worker);
+        }
+        if let Some(age) = age_seconds {
+            resource = resource.with_age_seconds(age);
+        }
+        owned.push(resource);
     }
     Ok(owned)
 }

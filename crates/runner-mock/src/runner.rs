@@ -93,6 +93,9 @@ struct MockBench {
 struct MockState {
     execution_key: String,
     seed: u64,
+    /// The worker that provisioned it (empty outside a worker).
+    #[serde(default)]
+    worker: String,
 }
 
 /// One call the mock received.
@@ -281,6 +284,7 @@ impl RunnerAdapter for LocalMockRunner {
         let state = MockState {
             execution_key: ctx.execution_key().to_owned(),
             seed: spec.seed,
+            worker: ctx.worker_id().to_owned(),
         };
         let handle = RunnerHandle::new(RUNNER_TYPE, &id, ctx.execution_id(), &state)
             .map_err(|e| ProvisionError::permanent(ctx, e.to_string()))?;
@@ -404,15 +408,15 @@ impl RunnerAdapter for LocalMockRunner {
         Ok(inner
             .live
             .values()
-            .map(|h| OwnedResource {
-                resource_id: h.handle_id().to_owned(),
-                execution_id: Some(h.execution_id().to_owned()),
-                execution_key: h
-                    .decode::<MockState>(RUNNER_TYPE)
-                    .ok()
-                    .map(|s| s.execution_key),
-                age_seconds: None,
-                handle: h.clone(),
+            .map(|h| {
+                let owned = OwnedResource::new(h.handle_id(), h.clone())
+                    .with_execution_id(h.execution_id());
+                match h.decode::<MockState>(RUNNER_TYPE) {
+                    Ok(state) => owned
+                        .with_execution_key(state.execution_key)
+                        .with_worker(state.worker),
+                    Err(_) => owned,
+                }
             })
             .collect())
     }

@@ -874,13 +874,11 @@ impl RunnerAdapter for OnPremBenchRunner {
                 },
             )
             .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
-            owned.push(OwnedResource {
-                resource_id: r.id.clone(),
-                execution_id: None,
-                execution_key: Some(key),
-                age_seconds: r.created_at.map(|c| now.saturating_sub(c)),
-                handle,
-            });
+            let mut resource = OwnedResource::new(&r.id, handle).with_execution_key(key);
+            if let Some(created) = r.created_at {
+                resource = resource.with_age_seconds(now.saturating_sub(created));
+            }
+            owned.push(resource);
         }
         Ok(owned)
     }

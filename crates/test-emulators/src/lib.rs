@@ -14,9 +14,15 @@
 //!   uploads its output and artifacts to moto's S3 as it would on an
 //!   instance.
 //!
+//! - [`postgres::Postgres`]: a real PostgreSQL server (Debian's package,
+//!   installed when absent) in a temp dir, on loopback.
+//! - [`debian::ensure_packages`]: the `apt-get` step the servers share.
+//!
 //! Nothing here is for production use; it is a dev-dependency only.
 
 pub mod aws;
+pub mod debian;
+pub mod postgres;
 pub mod ssm;
 
 use std::fs::{self, File};

@@ -141,12 +141,10 @@ impl BlockingRunnerAdapter for EchoRunner {
                     },
                 )
                 .ok()?;
-                Some(OwnedResource {
-                    resource_id: id.clone(),
-                    execution_id: None,
-                    execution_key: id.strip_prefix("echo-").map(str::to_owned),
-                    age_seconds: None,
-                    handle,
+                let resource = OwnedResource::new(id, handle);
+                Some(match id.strip_prefix("echo-") {
+                    Some(key) => resource.with_execution_key(key),
+                    None => resource,
                 })
             })
             .collect())
