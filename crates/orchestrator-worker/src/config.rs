@@ -8,17 +8,102 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Backoff;
 
-/// Where the queue lives.
+/// Where the queue and the store live (see [`crate::store::open`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
-    /// The SQLite file (created if missing): the queue, unless `sqs` is
-    /// set; the journal and worker heartbeats always.
+    /// The SQLite file (created if missing, mode 0600): queue and store of
+    /// one machine, unless `postgres` is set.
     #[serde(default = "default_db")]
     pub path: PathBuf,
-    /// Take tasks from Amazon SQS instead (fleets of workers).
+    /// PostgreSQL: queue and store of a fleet (or the store beside SQS).
+    #[serde(default)]
+    pub postgres: Option<PostgresSection>,
+    /// Take tasks from Amazon SQS (fleets of workers); needs `postgres` as
+    /// the store unless `single_worker` is set.
     #[serde(default)]
     pub sqs: Option<SqsSection>,
+    /// Exactly one worker uses this SQS queue, so the machine-local SQLite
+    /// file may be its store. Refused otherwise: a fleet has one truth.
+    #[serde(default)]
+    pub single_worker: bool,
+}
+
+/// The `queue.postgres` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require]`.
+    /// Absent: `ORCHESTRATOR_DATABASE_URL` (keep passwords out of files).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Connections per process.
+    #[serde(default = "d_pool")]
+    pub pool_size: usize,
+    /// How long to wait for a connection (and for the pool).
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Extra CA certificates (PEM) to trust, e.g. Amazon RDS's bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The variable that holds the PostgreSQL URL when the config does not.
+pub const DATABASE_URL_VAR: &str = "ORCHESTRATOR_DATABASE_URL";
+
+fn d_pool() -> usize {
+    16
+}
+fn d_connect_timeout() -> u64 {
+    10
+}
+
+impl PostgresSection {
+    /// A section with just a URL.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: Some(url.into()),
+            pool_size: d_pool(),
+            connect_timeout_seconds: d_connect_timeout(),
+            ca_file: None,
+        }
+    }
+
+    /// The connection string: `url`, else the environment variable.
+    pub fn url(&self) -> Result<String, crate::store::StoreError> {
+        match &self.url {
+            Some(url) if !url.trim().is_empty() => Ok(url.clone()),
+            _ => std::env::var(DATABASE_URL_VAR)
+                .ok()
+                .filter(|u| !u.trim().is_empty())
+                .ok_or_else(|| {
+                    crate::store::StoreError::Config(format!(
+                        "queue.postgres.url is not set: give it, or {DATABASE_URL_VAR}"
+                    ))
+                }),
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(("queue.postgres.pool_size".into(), "must be 1..=1000".into()));
+        }
+        if !(1..=600).contains(&self.connect_timeout_seconds) {
+            return Err((
+                "queue.postgres.connect_timeout_seconds".into(),
+                "must be 1..=600".into(),
+            ));
+        }
+        if let Some(url) = &self.url
+            && url.parse::<tokio_postgres::Config>().is_err()
+        {
+            return Err((
+                "queue.postgres.url".into(),
+                "is not a PostgreSQL connection string (postgres://USER@HOST:PORT/DATABASE)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 /// How FIFO message groups are chosen (ordering holds within a group).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,11 +163,26 @@ fn default_db() -> PathBuf {
     PathBuf::from("orchestrator.sqlite3")
 }
 
+impl QueueSection {
+    /// The PostgreSQL section in effect: `postgres`, or one made from
+    /// `ORCHESTRATOR_DATABASE_URL` when only the variable is set.
+    pub fn postgres_section(&self) -> Option<PostgresSection> {
+        self.postgres.clone().or_else(|| {
+            std::env::var(DATABASE_URL_VAR)
+                .ok()
+                .filter(|u| !u.trim().is_empty())
+                .map(PostgresSection::with_url)
+        })
+    }
+}
+
 impl Default for QueueSection {
     fn default() -> Self {
         Self {
             path: default_db(),
+            postgres: None,
             sqs: None,
+            single_worker: false,
         }
     }
 }
@@ -112,9 +212,24 @@ pub struct WorkerSection {
     /// A worker silent this long is dead: the reaper takes its handles.
     #[serde(default = "d_stale")]
     pub stale_after_seconds: u64,
-    /// A leaked resource younger than this is left alone (it may be mid-provision).
+    /// A leaked resource younger than this is left alone (it may be
+    /// mid-provision); one of unknown age gets it from its first sighting.
     #[serde(default = "d_leak_grace")]
     pub leak_grace_seconds: u64,
+    /// `serve` reaps (and prunes old records) this often, one worker of the
+    /// fleet at a time under a store lock; 0 turns it off.
+    #[serde(default = "d_reap_interval")]
+    pub reap_interval_seconds: u64,
+    /// How often the reaper retries a failed teardown (only where the
+    /// backend declares teardown idempotent).
+    #[serde(default = "d_reap_teardown_attempts")]
+    pub reap_teardown_attempts: u32,
+    /// Settled execution records (and done tasks) are deleted after this.
+    #[serde(default = "d_retention_days")]
+    pub retention_days: u64,
+    /// Rows of workers that stopped heartbeating are deleted after this.
+    #[serde(default = "d_worker_retention")]
+    pub worker_retention_hours: u64,
 }
 
 fn d_concurrency() -> usize {
@@ -141,6 +256,18 @@ fn d_stale() -> u64 {
 fn d_leak_grace() -> u64 {
     300
 }
+fn d_reap_interval() -> u64 {
+    60
+}
+fn d_reap_teardown_attempts() -> u32 {
+    3
+}
+fn d_retention_days() -> u64 {
+    30
+}
+fn d_worker_retention() -> u64 {
+    24
+}
 
 impl Default for WorkerSection {
     fn default() -> Self {
@@ -153,6 +280,10 @@ impl Default for WorkerSection {
             backoff_max_ms: d_backoff_max(),
             stale_after_seconds: d_stale(),
             leak_grace_seconds: d_leak_grace(),
+            reap_interval_seconds: d_reap_interval(),
+            reap_teardown_attempts: d_reap_teardown_attempts(),
+            retention_days: d_retention_days(),
+            worker_retention_hours: d_worker_retention(),
         }
     }
 }
@@ -161,6 +292,10 @@ impl WorkerSection {
     /// Lease length.
     pub fn visibility(&self) -> Duration {
         Duration::from_secs(self.visibility_seconds)
+    }
+    /// After this silence a worker counts as dead.
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_secs(self.stale_after_seconds)
     }
     /// Retry delays.
     pub fn backoff(&self) -> Backoff {
@@ -172,7 +307,7 @@ impl WorkerSection {
 }
 
 /// The whole worker config file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// The queue.
@@ -228,6 +363,16 @@ impl WorkerConfig {
         if let Some(sqs) = &self.queue.sqs {
             sqs.validate()
                 .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        }
+        if let Some(pg) = &self.queue.postgres {
+            pg.validate()
+                .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        }
+        if self.worker.stale_after_seconds == 0 {
+            return Err(invalid("worker.stale_after_seconds", "must be at least 1"));
+        }
+        if self.worker.retention_days == 0 {
+            return Err(invalid("worker.retention_days", "must be at least 1"));
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));

@@ -1,7 +1,9 @@
 //! The lifecycle engine: one execution, start to end, whatever the backend.
 //!
-//! provision (retrying retryable errors with jittered backoff) → journal the
-//! handle → run_test (its deadline and cancellation end the phase) →
+//! claim the execution key's journaled handle (a redelivery reuses it when
+//! its worker died) or provision (retrying retryable errors with jittered
+//! backoff) → journal the handle → run_test (its deadline and cancellation
+//! end the phase; a reused handle found gone is replaced once) →
 //! collect_artifacts, always, also after a failed, timed-out or cancelled run
 //! → teardown, always, exactly once (repeated only when the backend declares
 //! it idempotent) → journal the end. A teardown failure is recorded and the
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::panic::is_panic;
 use crate::policy::{Backoff, Ending};
-use crate::queue::{JournalState, SqliteStore};
+use crate::store::{Claim, JournalState, PhaseTiming, Store, StoreError, now_ms};
 
 /// Knobs of the engine.
 #[derive(Debug, Clone)]
@@ -29,6 +31,9 @@ pub struct EngineSettings {
     pub backoff: Backoff,
     /// This worker's id, recorded as the owner of journaled handles.
     pub worker_id: String,
+    /// A worker silent this long is dead: its journaled handles may be
+    /// taken over by a redelivery.
+    pub stale_after: Duration,
 }
 
 impl Default for EngineSettings {
@@ -37,6 +42,7 @@ impl Default for EngineSettings {
             retries: 2,
             backoff: Backoff::default(),
             worker_id: format!("worker-{}", std::process::id()),
+            stale_after: Duration::from_secs(60),
         }
     }
 }
@@ -89,11 +95,34 @@ pub struct ExecutionOutcome {
     /// Teardown was skipped: another worker took the handle over (this
     /// worker's lease was lost and the task redelivered).
     pub handed_over: bool,
+    /// Nothing ran: a live worker still holds this execution key's handle
+    /// (the task was redelivered while its worker still finishes it).
+    pub held_by: Option<String>,
+    /// A reused handle was found gone and replaced by a new one.
+    pub replaced_gone_handle: bool,
+    /// Each phase that ran, in order, with its duration.
+    pub phases: Vec<PhaseTiming>,
+    /// When the attempt started (ms since the epoch).
+    pub started_ms: u64,
+    /// When it ended.
+    pub ended_ms: u64,
 }
 
 impl ExecutionOutcome {
+    fn timed(&mut self, phase: Phase, since: std::time::Instant) {
+        self.phases.push(PhaseTiming {
+            phase,
+            ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
     /// The policy's view of this outcome.
     pub fn ending(&self, shutting_down: bool) -> Ending {
+        if let Some(worker) = &self.held_by {
+            return Ending::HeldElsewhere {
+                worker: worker.clone(),
+            };
+        }
         match (&self.result, &self.failure) {
             (_, Some(f)) => Ending::Failed {
                 phase: f.phase,
@@ -135,8 +164,21 @@ pub struct Execution<'a> {
 #[derive(Debug, Clone)]
 pub struct Engine {
     adapter: Arc<dyn RunnerAdapter>,
-    journal: Option<SqliteStore>,
+    journal: Option<Arc<dyn Store>>,
     settings: EngineSettings,
+}
+
+/// A handle this attempt holds, and its journal entry.
+struct Held {
+    handle: RunnerHandle,
+    entry: Option<i64>,
+    reused: bool,
+}
+
+/// Why no handle was acquired.
+enum NotAcquired {
+    Failed(PhaseFailure),
+    HeldBy(String),
 }
 
 impl Engine {
@@ -150,7 +192,7 @@ impl Engine {
     }
 
     /// Journal handles in `store` (before use, and their end).
-    pub fn with_journal(mut self, store: SqliteStore) -> Self {
+    pub fn with_journal(mut self, store: Arc<dyn Store>) -> Self {
         self.journal = Some(store);
         self
     }
@@ -170,6 +212,7 @@ impl Engine {
         };
         let mut outcome = ExecutionOutcome {
             execution_id: ctx.execution_id().to_owned(),
+            started_ms: now_ms(),
             ..ExecutionOutcome::default()
         };
         // Cleanup phases run on a token of their own: cancelling the run must
@@ -179,24 +222,65 @@ impl Engine {
             .with_cancel(runner_core::CancellationToken::new());
 
         observe(Phase::Provision);
-        let handle = match self.acquire(ctx, exec.bench, &mut outcome).await {
-            Ok(handle) => handle,
-            Err(failure) => {
+        let clock = std::time::Instant::now();
+        let acquired = self.acquire(ctx, exec.bench, &mut outcome).await;
+        outcome.timed(Phase::Provision, clock);
+        let mut held = match acquired {
+            Ok(held) => held,
+            Err(NotAcquired::Failed(failure)) => {
                 outcome.failure = Some(failure);
+                outcome.ended_ms = now_ms();
+                return outcome;
+            }
+            Err(NotAcquired::HeldBy(worker)) => {
+                outcome.held_by = Some(worker);
+                outcome.ended_ms = now_ms();
                 return outcome;
             }
         };
 
         observe(Phase::RunTest);
-        match self.adapter.run_test(ctx, &handle, exec.payload).await {
-            Ok(result) => outcome.result = Some(result),
-            Err(err) => outcome.failure = Some(PhaseFailure::from_error(&err)),
+        let clock = std::time::Instant::now();
+        loop {
+            match self.adapter.run_test(ctx, &held.handle, exec.payload).await {
+                Ok(result) => outcome.result = Some(result),
+                Err(err)
+                    if err.is_handle_gone() && held.reused && !outcome.replaced_gone_handle =>
+                {
+                    // A handle adopted after a crash whose environment is
+                    // gone: the task itself is fine, so end that entry and
+                    // start again on a new one.
+                    tracing::warn!(error = %err, handle = held.handle.handle_id(), "the adopted handle is gone; provisioning afresh");
+                    outcome.replaced_gone_handle = true;
+                    self.journal_end(
+                        held.entry,
+                        JournalState::Released,
+                        Some("gone when adopted"),
+                    )
+                    .await;
+                    match self.provision_fresh(ctx, exec.bench, &mut outcome).await {
+                        Ok(fresh) => {
+                            held = fresh;
+                            continue;
+                        }
+                        Err(NotAcquired::Failed(failure)) => outcome.failure = Some(failure),
+                        Err(NotAcquired::HeldBy(worker)) => outcome.held_by = Some(worker),
+                    }
+                    outcome.timed(Phase::RunTest, clock);
+                    outcome.ended_ms = now_ms();
+                    return outcome;
+                }
+                Err(err) => outcome.failure = Some(PhaseFailure::from_error(&err)),
+            }
+            break;
         }
+        outcome.timed(Phase::RunTest, clock);
 
         observe(Phase::CollectArtifacts);
+        let clock = std::time::Instant::now();
         match self
             .retrying(&cleanup_ctx, true, |c| {
-                let (handle, payload) = (&handle, exec.payload);
+                let (handle, payload) = (&held.handle, exec.payload);
                 async move { self.adapter.collect_artifacts(&c, handle, payload).await }
             })
             .await
@@ -204,9 +288,13 @@ impl Engine {
             Ok(bundle) => outcome.artifacts = Some(bundle),
             Err(err) => outcome.artifact_error = Some(PhaseFailure::from_error(&err)),
         }
+        outcome.timed(Phase::CollectArtifacts, clock);
 
         observe(Phase::Teardown);
-        self.release(&cleanup_ctx, &handle, &mut outcome).await;
+        let clock = std::time::Instant::now();
+        self.release(&cleanup_ctx, &held, &mut outcome).await;
+        outcome.timed(Phase::Teardown, clock);
+        outcome.ended_ms = now_ms();
         outcome
     }
 
@@ -216,24 +304,72 @@ impl Engine {
         ctx: &RunContext,
         bench: &BenchSpec,
         outcome: &mut ExecutionOutcome,
-    ) -> Result<RunnerHandle, PhaseFailure> {
+    ) -> Result<Held, NotAcquired> {
         if let Some(journal) = &self.journal {
             match journal
-                .journal_claim(ctx.execution_key(), &self.settings.worker_id)
+                .journal_claim(
+                    ctx.execution_key(),
+                    &self.settings.worker_id,
+                    self.settings.stale_after,
+                )
                 .await
             {
-                Ok(Some(handle)) if handle.runner_type() == self.adapter.runner_type() => {
+                Ok(Claim::Reuse(entry))
+                    if entry.handle.runner_type() == self.adapter.runner_type() =>
+                {
                     tracing::info!(
-                        handle = handle.handle_id(),
+                        handle = entry.handle.handle_id(),
                         "reusing the journaled handle of a redelivered task"
                     );
                     outcome.reused_handle = true;
-                    return Ok(handle);
+                    return Ok(Held {
+                        handle: entry.handle,
+                        entry: Some(entry.id),
+                        reused: true,
+                    });
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "journal lookup failed; provisioning afresh"),
+                Ok(Claim::Reuse(entry)) => {
+                    // Another runner type made it (the task was resubmitted
+                    // to another runner): leave it to the reaper.
+                    tracing::warn!(
+                        handle = entry.handle.handle_id(),
+                        runner_type = entry.handle.runner_type(),
+                        "the journaled handle is of another runner type; handing it to the reaper"
+                    );
+                    self.journal_end(
+                        Some(entry.id),
+                        JournalState::TeardownFailed,
+                        Some("left by a task resubmitted to another runner type"),
+                    )
+                    .await;
+                }
+                Ok(Claim::HeldBy { worker }) => {
+                    tracing::info!(%worker, "a live worker still holds this execution's handle; deferring");
+                    return Err(NotAcquired::HeldBy(worker));
+                }
+                Ok(Claim::Fresh) => {}
+                Err(e) => {
+                    // Provisioning without knowing whether a handle exists
+                    // could make a second one: try again later instead.
+                    return Err(NotAcquired::Failed(PhaseFailure {
+                        phase: Phase::Provision,
+                        kind: ErrorKind::Transient,
+                        message: format!("cannot read the journal before provisioning: {e}"),
+                        panicked: false,
+                    }));
+                }
             }
         }
+        self.provision_fresh(ctx, bench, outcome).await
+    }
+
+    /// Provision a new handle and journal it before it is used.
+    async fn provision_fresh(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        outcome: &mut ExecutionOutcome,
+    ) -> Result<Held, NotAcquired> {
         let calls = std::sync::atomic::AtomicU32::new(0);
         let provisioned = self
             .retrying(ctx, true, |c| {
@@ -241,42 +377,63 @@ impl Engine {
                 async move { self.adapter.provision(&c, bench).await }
             })
             .await;
-        outcome.provision_calls = calls.into_inner();
-        let handle = provisioned.map_err(|e| PhaseFailure::from_error(&e))?;
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal
-                .journal_provisioned(ctx.execution_key(), &handle, &self.settings.worker_id)
-                .await
-        {
-            // An unjournaled handle could leak on a crash: give it back now.
-            let _ = self.adapter.teardown(ctx, &handle).await;
-            return Err(PhaseFailure {
-                phase: Phase::Provision,
-                kind: ErrorKind::Transient,
-                message: format!("cannot journal the handle, released it: {e}"),
-                panicked: false,
+        outcome.provision_calls += calls.into_inner();
+        let handle = provisioned.map_err(|e| NotAcquired::Failed(PhaseFailure::from_error(&e)))?;
+        let Some(journal) = &self.journal else {
+            return Ok(Held {
+                handle,
+                entry: None,
+                reused: false,
             });
+        };
+        match journal
+            .journal_provisioned(ctx.execution_key(), &handle, &self.settings.worker_id)
+            .await
+        {
+            Ok(id) => Ok(Held {
+                handle,
+                entry: Some(id),
+                reused: false,
+            }),
+            Err(e) => {
+                // An unjournaled handle could leak on a crash: give it back now.
+                let _ = self.adapter.teardown(ctx, &handle).await;
+                match e {
+                    StoreError::Exists { .. } => Err(NotAcquired::HeldBy(
+                        "another worker (it provisioned this execution concurrently)".into(),
+                    )),
+                    e => Err(NotAcquired::Failed(PhaseFailure {
+                        phase: Phase::Provision,
+                        kind: ErrorKind::Transient,
+                        message: format!("cannot journal the handle, released it: {e}"),
+                        panicked: false,
+                    })),
+                }
+            }
         }
-        Ok(handle)
+    }
+
+    async fn journal_end(&self, entry: Option<i64>, state: JournalState, note: Option<&str>) {
+        if let (Some(journal), Some(id)) = (&self.journal, entry)
+            && let Err(e) = journal.journal_end(id, state, note).await
+        {
+            tracing::warn!(error = %e, "cannot journal the end of a handle");
+        }
     }
 
     /// Teardown exactly once, or more when the backend says it is idempotent.
-    async fn release(
-        &self,
-        ctx: &RunContext,
-        handle: &RunnerHandle,
-        outcome: &mut ExecutionOutcome,
-    ) {
-        if let Some(journal) = &self.journal
-            && let Ok(Some(owner)) = journal.journal_owner(ctx.execution_key()).await
-            && owner != self.settings.worker_id
+    async fn release(&self, ctx: &RunContext, held: &Held, outcome: &mut ExecutionOutcome) {
+        if let (Some(journal), Some(id)) = (&self.journal, held.entry)
+            && let Ok(Some(entry)) = journal.journal_get(id, self.settings.stale_after).await
+            && entry.owner != self.settings.worker_id
         {
             // The task was redelivered and another worker reuses this handle;
             // tearing it down would pull the environment from under it.
-            tracing::warn!(%owner, "handle taken over by another worker; not tearing it down");
+            tracing::warn!(owner = %entry.owner, "handle taken over by another worker; not tearing it down");
             outcome.handed_over = true;
             return;
         }
+        let handle = &held.handle;
         let idempotent = self.adapter.capabilities().idempotent_teardown;
         let calls = std::sync::atomic::AtomicU32::new(0);
         let result = self
@@ -294,13 +451,7 @@ impl Engine {
                 (JournalState::TeardownFailed, Some(err.to_string()))
             }
         };
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal
-                .journal_end(ctx.execution_key(), state, note.as_deref())
-                .await
-        {
-            tracing::warn!(error = %e, "cannot journal the end of a handle");
-        }
+        self.journal_end(held.entry, state, note.as_deref()).await;
     }
 
     /// Call `op`, retrying retryable errors (when `allowed`) with backoff,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod factory;
@@ -9,7 +10,11 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod reaper;
+pub mod recorder;
+pub mod report;
 pub mod serve;
+pub mod store;
+pub mod submit;
 pub mod task;
 pub mod telemetry;
 

@@ -10,6 +10,7 @@
 //! | a retryable infrastructure error | no | **dead letter** (attempts exhausted) |
 //! | a permanent error (permanent, invalid_spec, a panic, cancelled) | any | **dead letter** at once |
 //! | a bad task (not JSON, missing fields, unknown runner type) | any | **dead letter** at once |
+//! | nothing ran: a live worker still holds the execution's handle | any | **defer**: requeue after a delay, attempt not counted |
 //!
 //! A teardown failure never changes the disposition: the handle is left in
 //! the journal for the reaper. An artifact failure after a result is
@@ -31,6 +32,12 @@ pub enum Disposition {
     },
     /// Put it back at once without counting the attempt (worker shutdown).
     Release,
+    /// Put it back after `delay` without counting the attempt: another
+    /// worker, still alive, holds the execution's handle.
+    Defer {
+        /// How long it stays invisible.
+        delay_ms: u64,
+    },
     /// Give up: move it to the dead-letter queue.
     DeadLetter {
         /// Why.
@@ -61,6 +68,11 @@ pub enum Ending {
     },
     /// The task itself is unusable.
     BadTask,
+    /// Nothing ran: a live worker holds the execution's handle.
+    HeldElsewhere {
+        /// That worker.
+        worker: String,
+    },
 }
 
 /// Retry delays (shared with the backends' API retries).
@@ -113,6 +125,9 @@ pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, backoff: &Backof
         },
         Ending::BadTask => Disposition::DeadLetter {
             reason: "bad task".into(),
+        },
+        Ending::HeldElsewhere { .. } => Disposition::Defer {
+            delay_ms: u64::try_from(backoff.delay(1).as_millis()).unwrap_or(u64::MAX),
         },
     }
 }
@@ -197,5 +212,9 @@ mod tests {
             decide(&Ending::BadTask, 1, 3, &b),
             Disposition::DeadLetter { .. }
         ));
+        let held = Ending::HeldElsewhere {
+            worker: "w2".into(),
+        };
+        assert!(matches!(decide(&held, 3, 3, &b), Disposition::Defer { .. }));
     }
 }

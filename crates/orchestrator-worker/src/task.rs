@@ -1,5 +1,7 @@
 //! The unit of work in a queue: which runner, which bench, which payload.
 
+use std::collections::BTreeMap;
+
 use runner_core::{BenchSpec, TestPayload};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,12 @@ pub struct Task {
     pub bench: BenchSpec,
     /// What to run.
     pub payload: TestPayload,
+    /// Free labels given at submit (kept in the execution record).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Who submitted it (user@host, a CI job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 /// A task body that could not be read as a [`Task`].
@@ -28,6 +36,24 @@ pub struct Task {
 pub struct BadTask(pub String);
 
 impl Task {
+    /// A task with no correlation id, labels or submitter.
+    pub fn new(
+        execution_key: impl Into<String>,
+        runner: impl Into<String>,
+        bench: BenchSpec,
+        payload: TestPayload,
+    ) -> Self {
+        Self {
+            execution_key: execution_key.into(),
+            correlation_id: None,
+            runner: runner.into(),
+            bench,
+            payload,
+            labels: BTreeMap::new(),
+            submitted_by: None,
+        }
+    }
+
     /// Parse a queue message body.
     pub fn parse(body: &str) -> Result<Self, BadTask> {
         let mut de = serde_json::Deserializer::from_str(body);

@@ -72,7 +72,7 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
         cell.retries,
         "matrix",
     )
-    .with_journal(store.clone());
+    .with_journal(Arc::new(store.clone()));
     let max_attempts = cell.retries + 1;
     let mut attempts = 0;
     let mut teardowns = 0;
@@ -124,7 +124,7 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
     }
     // Nothing live is left, except a handle whose teardown failed, which the
     // journal hands to the reaper.
-    let journal = store.journal_entries().await.unwrap();
+    let journal = store.journal_all().await.unwrap();
     let live = mock.live_handles();
     if cell.phase == Phase::Teardown {
         if journal
@@ -144,7 +144,8 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
     } else {
         attempts
     };
-    let provisions: u32 = journal.iter().map(|e| e.provisions).sum();
+    // One journal entry per provision.
+    let provisions = journal.len() as u32;
     if provisions != expected_provisions {
         return Err(format!(
             "{name}: {provisions} provision(s) journaled, expected {expected_provisions}"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_worker::engine::{EngineSettings, Execution};
-use orchestrator_worker::queue::{JournalState, SqliteStore};
+use orchestrator_worker::store::{Claim, JournalState, SqliteStore, Store};
 use orchestrator_worker::{Engine, Metrics, RunnerFactory};
 use runner_core::{Phase, RunContext, RunnerConfig};
 use runner_mock::{Fault, FaultPlan, LocalMockRunner, fixtures};
@@ -31,7 +31,7 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
             ..EngineSettings::default()
         },
     )
-    .with_journal(store.clone());
+    .with_journal(Arc::new(store.clone()));
 
     let run = tokio::spawn({
         let engine = engine.clone();
@@ -47,17 +47,25 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
         }
     });
     // Once the handle is journaled, a second worker takes the redelivered task over.
-    let mut claimed = None;
+    // "first" never heartbeats, so it counts as dead and its handle may be
+    // claimed.
+    let mut claimed = false;
     for _ in 0..100 {
-        claimed = store.journal_claim("k", "second").await.unwrap();
-        if claimed.is_some() {
+        claimed = matches!(
+            store
+                .journal_claim("k", "second", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Claim::Reuse(_)
+        );
+        if claimed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(claimed.is_some(), "the handle was never journaled");
+    assert!(claimed, "the handle was never journaled");
     let outcome = run.await.unwrap();
-    let journal = store.journal_entries().await.unwrap();
+    let journal = store.journal_all().await.unwrap();
     assert!(outcome.handed_over, "{outcome:#?} {journal:#?}");
     assert_eq!(outcome.teardown_calls, 0);
     assert_eq!(mock.call_count(Phase::Teardown), 0);
@@ -66,7 +74,7 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
         1,
         "the new owner's environment is intact"
     );
-    let entry = &store.journal_entries().await.unwrap()[0];
+    let entry = &store.journal_all().await.unwrap()[0];
     assert_eq!(
         (entry.owner.as_str(), entry.state),
         ("second", JournalState::Live)

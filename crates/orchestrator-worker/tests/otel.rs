@@ -59,7 +59,7 @@ async fn each_execution_is_one_trace_continuing_the_submitters() {
     for key in keys {
         let span = tracing::info_span!("ci.pipeline", key);
         queue
-            .submit(&common::mock_task(key, 0))
+            .enqueue(&common::mock_task(key, 0))
             .instrument(span)
             .await
             .unwrap();
@@ -73,7 +73,11 @@ async fn each_execution_is_one_trace_continuing_the_submitters() {
     .unwrap();
     let store = SqliteStore::open(&config.queue.path).unwrap();
     let factory = RunnerFactory::with_builtins(Metrics::new());
-    let worker = Worker::with_queue(config, &factory, store, Arc::new(queue.clone())).unwrap();
+    let backends = orchestrator_worker::store::Backends {
+        queue: Arc::new(queue.clone()),
+        store: Arc::new(store),
+    };
+    let worker = Worker::with_backends(config, &factory, backends).unwrap();
     let mut processed = 0;
     let started = Instant::now();
     while processed < keys.len() {

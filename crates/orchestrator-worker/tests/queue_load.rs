@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use orchestrator_worker::config::WorkerConfig;
 use orchestrator_worker::metrics::sum_samples;
-use orchestrator_worker::queue::TaskQueue;
 use orchestrator_worker::serve::Worker;
 use orchestrator_worker::{Metrics, RunnerFactory, Task};
 use runner_core::CancellationToken;
@@ -22,13 +21,7 @@ fn worker(dir: &std::path::Path, runner_yaml: &str, concurrency: usize) -> Worke
 }
 
 fn task(key: String) -> Task {
-    Task {
-        execution_key: key,
-        correlation_id: None,
-        runner: "local_mock".into(),
-        bench: fixtures::bench(),
-        payload: fixtures::passing(),
-    }
+    Task::new(key, "local_mock", fixtures::bench(), fixtures::passing())
 }
 
 /// Serve until `done(depth)` or the deadline; returns whether it got there.
@@ -41,7 +34,7 @@ async fn serve_until(worker: &Worker, limit: Duration, done: impl Fn(u64, u64) -
     let started = Instant::now();
     let mut reached = false;
     while started.elapsed() < limit {
-        let depth = worker.store().depth().await.unwrap();
+        let depth = worker.queue().depth().await.unwrap();
         if done(depth.done, depth.dead) {
             reached = true;
             break;
@@ -64,8 +57,8 @@ async fn a_thousand_tasks_with_ten_percent_transient_faults_all_settle() {
         32,
     );
     for i in 0..TASKS {
-        w.store()
-            .submit(&task(format!("load-{i:04}")))
+        w.queue()
+            .enqueue(&task(format!("load-{i:04}")))
             .await
             .unwrap();
     }
@@ -75,13 +68,9 @@ async fn a_thousand_tasks_with_ten_percent_transient_faults_all_settle() {
     })
     .await;
     let took = started.elapsed();
-    let depth = w.store().depth().await.unwrap();
+    let depth = w.queue().depth().await.unwrap();
     assert!(reached, "not all tasks settled: {depth:?}");
-    assert_eq!(
-        w.store().leased_count().await.unwrap(),
-        0,
-        "a lease was left"
-    );
+    assert_eq!(depth.leased, 0, "a lease was left");
 
     let text = w.metrics().encode();
     let acked = sum_samples(&text, "orchestrator_executions_total", "outcome=\"ack\"");
@@ -112,7 +101,7 @@ async fn a_thousand_tasks_with_ten_percent_transient_faults_all_settle() {
     // attempts were left, a dead letter once all four were spent.
     assert!(transient >= TASKS / 10, "faults were injected: {transient}");
     assert_eq!(requeued + dead, transient);
-    for entry in w.store().dlq_list(usize::MAX).await.unwrap() {
+    for entry in w.queue().dlq_list(usize::MAX).await.unwrap() {
         assert!(
             entry.reason.contains("attempts exhausted"),
             "{}",
@@ -126,8 +115,14 @@ async fn a_thousand_tasks_with_ten_percent_transient_faults_all_settle() {
                 .all(|h| h.kind == Some(runner_core::ErrorKind::Transient))
         );
     }
-    let journal = w.store().journal_entries().await.unwrap();
-    assert_eq!(journal.len() as u64, TASKS);
+    let journal = orchestrator_worker::store::SqliteStore::open(&dir.path().join("q.sqlite3"))
+        .unwrap()
+        .journal_all()
+        .await
+        .unwrap();
+    // One entry per provision: every attempt after a torn-down one
+    // provisions afresh.
+    assert_eq!(journal.len() as u64, TASKS + requeued);
     assert!(
         journal
             .iter()
@@ -143,18 +138,18 @@ async fn bad_tasks_go_to_the_dlq_with_a_reason_and_serving_goes_on() {
         "  - type: local_mock\n    backend: {artifacts: memory}\n",
         2,
     );
-    let q = w.store();
+    let q = w.queue();
     q.submit_raw("this is not json").await.unwrap();
     q.submit_raw(r#"{"execution_key": "k1", "runner": "local_mock"}"#)
         .await
         .unwrap();
     let mut unknown = task("k2".into());
     unknown.runner = "quantum".into();
-    q.submit(&unknown).await.unwrap();
+    q.enqueue(&unknown).await.unwrap();
     let mut invalid = task("k3".into());
     invalid.bench = fixtures::invalid_bench();
-    q.submit(&invalid).await.unwrap();
-    q.submit(&task("good".into())).await.unwrap();
+    q.enqueue(&invalid).await.unwrap();
+    q.enqueue(&task("good".into())).await.unwrap();
 
     assert!(serve_until(&w, Duration::from_secs(30), |done, dead| done + dead == 5).await);
     let depth = q.depth().await.unwrap();

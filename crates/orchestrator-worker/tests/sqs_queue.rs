@@ -45,7 +45,7 @@ async fn a_poison_message_is_redriven_to_the_dlq_after_max_receive_count() {
     let moto = common::moto();
     let (queue, _) = common::sqs_queue(moto, "poison", 2, false).await;
     queue
-        .submit(&common::mock_task("poison-1", 0))
+        .enqueue(&common::mock_task("poison-1", 0))
         .await
         .unwrap();
     // Two deliveries whose workers "die" (never settle).
@@ -84,7 +84,10 @@ async fn a_poison_message_is_redriven_to_the_dlq_after_max_receive_count() {
 async fn a_heartbeat_keeps_a_long_task_invisible() {
     let moto = common::moto();
     let (queue, _) = common::sqs_queue(moto, "heartbeat", 3, false).await;
-    queue.submit(&common::mock_task("long-1", 0)).await.unwrap();
+    queue
+        .enqueue(&common::mock_task("long-1", 0))
+        .await
+        .unwrap();
     let lease = lease_within(&queue, Duration::from_secs(2), Duration::from_secs(20))
         .await
         .unwrap();
@@ -116,7 +119,7 @@ async fn requeue_with_delay_hides_the_task_then_redelivers_it() {
     let moto = common::moto();
     let (queue, _) = common::sqs_queue(moto, "requeue", 5, false).await;
     queue
-        .submit(&common::mock_task("retry-1", 0))
+        .enqueue(&common::mock_task("retry-1", 0))
         .await
         .unwrap();
     let lease = lease_within(&queue, Duration::from_secs(30), Duration::from_secs(20))
@@ -147,7 +150,10 @@ async fn requeue_with_delay_hides_the_task_then_redelivers_it() {
 async fn dead_letters_are_explicit_and_replayable() {
     let moto = common::moto();
     let (queue, _) = common::sqs_queue(moto, "explicit", 5, false).await;
-    queue.submit(&common::mock_task("perm-1", 0)).await.unwrap();
+    queue
+        .enqueue(&common::mock_task("perm-1", 0))
+        .await
+        .unwrap();
     let lease = lease_within(&queue, Duration::from_secs(30), Duration::from_secs(20))
         .await
         .unwrap();
@@ -189,9 +195,12 @@ async fn fifo_queues_group_by_runner_and_deduplicate_by_key() {
     let moto = common::moto();
     let (queue, client) = common::sqs_queue(moto, "ordered", 5, true).await;
     let task = common::mock_task("fifo-1", 0);
-    queue.submit(&task).await.unwrap();
-    queue.submit(&task).await.unwrap();
-    queue.submit(&common::mock_task("fifo-2", 0)).await.unwrap();
+    queue.enqueue(&task).await.unwrap();
+    queue.enqueue(&task).await.unwrap();
+    queue
+        .enqueue(&common::mock_task("fifo-2", 0))
+        .await
+        .unwrap();
     let first = lease_within(&queue, Duration::from_secs(30), Duration::from_secs(20))
         .await
         .unwrap();

@@ -91,6 +91,7 @@ struct Inner {
     execution_id: String,
     backend: Option<String>,
     retry_after: Option<Duration>,
+    handle_gone: bool,
     source: Option<BoxError>,
 }
 
@@ -125,6 +126,7 @@ impl<P: PhaseMarker> RunnerError<P> {
                 execution_id: execution_id.into(),
                 backend: None,
                 retry_after: None,
+                handle_gone: false,
                 source: None,
             }),
             _phase: PhantomData,
@@ -154,6 +156,16 @@ impl<P: PhaseMarker> RunnerError<P> {
     /// No capacity or quota right now.
     pub fn capacity(ctx: &RunContext, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Capacity, ctx, message)
+    }
+
+    /// The environment behind the handle no longer exists (torn down,
+    /// terminated, deleted). Permanent for this handle, but not for the
+    /// task: a worker that adopted a journaled handle after a crash ends
+    /// that journal entry and provisions afresh.
+    pub fn handle_gone(ctx: &RunContext, message: impl Into<String>) -> Self {
+        let mut err = Self::new(ErrorKind::Permanent, ctx, message);
+        err.inner.handle_gone = true;
+        err
     }
 
     /// An invalid spec; `field` is the dotted path of the offending field.
@@ -239,6 +251,12 @@ impl<P: PhaseMarker> RunnerError<P> {
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
     }
+
+    /// Whether the environment behind the handle is gone (see
+    /// [`RunnerError::handle_gone`]).
+    pub fn is_handle_gone(&self) -> bool {
+        self.inner.handle_gone
+    }
 }
 
 impl<P: PhaseMarker> fmt::Display for RunnerError<P> {
@@ -276,6 +294,7 @@ impl<P: PhaseMarker> fmt::Debug for RunnerError<P> {
             .field("execution_id", &self.inner.execution_id)
             .field("backend", &self.inner.backend)
             .field("retry_after", &self.inner.retry_after)
+            .field("handle_gone", &self.inner.handle_gone)
             .field("source", &self.inner.source)
             .finish()
     }

@@ -217,7 +217,7 @@ impl RunnerAdapter for LocalProcessRunner {
             ));
         }
         if !state.work().is_dir() {
-            return Err(ExecutionError::permanent(
+            return Err(ExecutionError::handle_gone(
                 ctx,
                 format!(
                     "working directory {} is gone (torn down?)",

@@ -304,7 +304,7 @@ impl RunnerAdapter for LocalMockRunner {
         let spec: MockPayload = decode_spec(ctx, &payload.backend, "payload.backend")?;
         inject::<runner_core::phase::RunTestPhase>(self.faults.next(Phase::RunTest), ctx).await?;
         if !self.lock().live.contains_key(handle.handle_id()) {
-            return Err(ExecutionError::permanent(
+            return Err(ExecutionError::handle_gone(
                 ctx,
                 format!("handle {} was already torn down", handle.handle_id()),
             ));

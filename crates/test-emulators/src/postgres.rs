@@ -105,6 +105,7 @@ impl Postgres {
     pub fn start() -> Result<Postgres, String> {
         let bin = ensure_installed()?;
         let owner = cluster_owner()?;
+        sweep_stale_dirs();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = PathBuf::from(format!(
             "/tmp/opg-{}-{}",
@@ -153,12 +154,15 @@ impl Postgres {
 
     /// Start the server on `self.port` and wait until it accepts connections.
     fn launch(&mut self) -> Result<(), String> {
-        // The shell stops the server (fast shutdown) when its stdin, a pipe
-        // from this process, closes: on drop, or when this process dies.
+        // The server stops (fast shutdown) when its stdin, a pipe from this
+        // process, closes: on drop, or when this process dies. A watcher
+        // reads the pipe through fd 3 (an asynchronous list's own stdin is
+        // /dev/null) and signals the server, which the shell became by
+        // `exec` (a background job would ignore SIGINT).
         let script = format!(
-            "\"$0\" -D \"$1\" -k \"$2\" -p {port} -h 127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200 -c log_min_messages=fatal 2>\"$2/server.log\" & pg=$!; \
-             (cat >/dev/null; kill -INT $pg) & wait $pg",
+            "exec 3<&0; (cat <&3 >/dev/null; kill -INT $$) & \
+             exec \"$0\" -D \"$1\" -k \"$2\" -p {port} -h 127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=200 2>\"$2/server.log\" 3<&-",
             port = self.port
         );
         let child = as_owner(
@@ -280,6 +284,29 @@ impl Postgres {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Remove the dirs of servers whose test process is gone (a server held in
+/// a `static` is never dropped; it stops when its process exits, its dir
+/// stays behind).
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("opg-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Task queues behind one trait. Delivery is at least once: a lease that
 //! expires (its worker died) makes the task visible again.
 
-mod sqlite;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 
@@ -10,31 +9,18 @@ use std::time::Duration;
 use runner_core::{ErrorKind, Phase};
 use serde::{Deserialize, Serialize};
 
-pub use sqlite::{JournalEntry, JournalState, SqliteStore};
-
+use crate::store::NewExecution;
+pub use crate::store::{JournalEntry, JournalState, QueueError, SqliteStore, StoreError, now_ms};
 use crate::task::Task;
 
-/// A queue operation that failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum QueueError {
-    /// The lease was lost (expired and taken by another worker, or finished).
-    #[error("lease on task {task_id} was lost (expired or already settled)")]
-    LeaseLost {
-        /// The task.
-        task_id: String,
-    },
-    /// No such entry.
-    #[error("no {what} with id {id}")]
-    NotFound {
-        /// What was looked up.
-        what: &'static str,
-        /// Its id.
-        id: String,
-    },
-    /// The store failed.
-    #[error("queue store error: {0}")]
-    Store(String),
+/// What a submit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The task's id in its queue (the existing task's, or empty when the
+    /// execution already settled).
+    pub task_id: String,
+    /// The execution key existed already: nothing new was queued.
+    pub existing: bool,
 }
 
 /// One attempt's end, kept in the task's history.
@@ -61,6 +47,9 @@ pub struct Lease {
     pub task_id: String,
     /// The raw message body (a [`Task`] as JSON, unless the sender erred).
     pub body: String,
+    /// Why the body could not even be read as text (bytes that are not
+    /// UTF-8): such a task is dead-lettered with this reason.
+    pub body_error: Option<String>,
     /// This delivery's attempt number (1-based).
     pub attempt: u32,
     /// Proves this lease is still the current one when settling.
@@ -103,17 +92,89 @@ pub struct QueueDepth {
     pub dead: u64,
 }
 
+impl QueueDepth {
+    /// Count `n` tasks stored in `state`, visible now or not.
+    pub fn add(&mut self, state: &str, visible: bool, n: u64) {
+        match (state, visible) {
+            ("ready", true) => self.ready += n,
+            ("ready", false) => self.delayed += n,
+            // An expired lease is as good as ready.
+            ("leased", true) => self.ready += n,
+            ("leased", false) => self.leased += n,
+            ("done", _) => self.done += n,
+            ("dead", _) => self.dead += n,
+            _ => {}
+        }
+    }
+}
+
 /// A durable task queue with leases, delayed retry and a dead-letter queue.
 #[runner_core::async_trait]
 pub trait TaskQueue: Send + Sync + std::fmt::Debug + 'static {
-    /// Enqueue a task; returns its id.
-    async fn submit(&self, task: &Task) -> Result<String, QueueError> {
-        self.submit_raw(&task.to_json()).await
+    /// Whether [`TaskQueue::submit`] also creates the execution record, in
+    /// the same transaction (a queue that is its own store). Otherwise the
+    /// caller creates it in the store first (see [`crate::submit`]).
+    fn keeps_records(&self) -> bool {
+        false
     }
+
+    /// Enqueue a task. A queue that keeps records creates `new`'s record
+    /// with it, and returns the existing execution's task when the key was
+    /// submitted before.
+    async fn submit(&self, task: &Task, new: &NewExecution) -> Result<Submitted, QueueError> {
+        let _ = new;
+        Ok(Submitted {
+            task_id: self.submit_raw(&task.to_json()).await?,
+            existing: false,
+        })
+    }
+
+    /// Enqueue a task with the record its fields describe (tests, tools;
+    /// see [`crate::submit::submit`] for the full rule with a separate store).
+    async fn enqueue(&self, task: &Task) -> Result<Submitted, QueueError> {
+        self.submit(task, &crate::report::new_execution(task)).await
+    }
+
+    /// Enqueue many tasks, all or nothing where the queue can (SQL queues:
+    /// one transaction; an execution key that exists fails the batch).
+    async fn submit_batch(
+        &self,
+        tasks: &[(Task, NewExecution)],
+    ) -> Result<Vec<String>, QueueError> {
+        let mut ids = Vec::with_capacity(tasks.len());
+        for (task, new) in tasks {
+            ids.push(self.submit(task, new).await?.task_id);
+        }
+        Ok(ids)
+    }
+
     /// Enqueue a raw body as given (bad bodies are dead-lettered when leased).
     async fn submit_raw(&self, body: &str) -> Result<String, QueueError>;
     /// Take the next visible task for `visibility`, or `None`.
     async fn lease(&self, worker: &str, visibility: Duration) -> Result<Option<Lease>, QueueError>;
+    /// Take up to `max` visible tasks at once (one round trip where the
+    /// queue can).
+    async fn lease_many(
+        &self,
+        worker: &str,
+        visibility: Duration,
+        max: usize,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let _ = max;
+        Ok(self.lease(worker, visibility).await?.into_iter().collect())
+    }
+    /// Wait until work may be there, at most `max_wait`: a queue that can
+    /// be told of new tasks (PostgreSQL's LISTEN) returns as soon as one is
+    /// submitted; the others just sleep.
+    async fn wait_for_work(&self, max_wait: Duration) {
+        tokio::time::sleep(max_wait).await;
+    }
+    /// Remove a task of `execution_key` that no worker holds yet; returns
+    /// whether one was removed.
+    async fn remove_queued(&self, execution_key: &str) -> Result<bool, QueueError> {
+        let _ = execution_key;
+        Ok(false)
+    }
     /// Keep a lease for another `visibility` (a heartbeat for long tests).
     async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<(), QueueError>;
     /// The task is done; `outcome` (JSON) is kept with it.
@@ -142,39 +203,4 @@ pub trait TaskQueue: Send + Sync + std::fmt::Debug + 'static {
     async fn dlq_show(&self, id: &str) -> Result<DeadLetter, QueueError>;
     /// Put a dead letter back as a fresh task; returns the new task id.
     async fn dlq_replay(&self, id: &str) -> Result<String, QueueError>;
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// The queue a worker config names, and the local store for its journal:
-/// SQS when `queue.sqs` is set, else the SQLite queue in `queue.path`.
-pub async fn open(
-    config: &crate::config::WorkerConfig,
-) -> Result<(SqliteStore, std::sync::Arc<dyn TaskQueue>), String> {
-    let store = SqliteStore::open(&config.queue.path).map_err(|e| e.to_string())?;
-    match &config.queue.sqs {
-        None => {
-            let queue: std::sync::Arc<dyn TaskQueue> = std::sync::Arc::new(store.clone());
-            Ok((store, queue))
-        }
-        #[cfg(feature = "sqs")]
-        Some(section) => {
-            let sdk = runner_s3::load_sdk_config(section.region.as_deref()).await;
-            let client = aws_sdk_sqs::Client::new(&sdk);
-            let queue = sqs::SqsQueue::open(client, section)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok((store, std::sync::Arc::new(queue)))
-        }
-        #[cfg(not(feature = "sqs"))]
-        Some(_) => {
-            Err("queue.sqs is set, but this build has no SQS support (cargo feature `sqs`)".into())
-        }
-    }
 }

@@ -372,6 +372,7 @@ impl TaskQueue for SqsQueue {
             })
             .unwrap_or_default();
         Ok(Some(Lease {
+            body_error: None,
             task_id: m.message_id().unwrap_or_default().to_string(),
             body: m.body().unwrap_or_default().to_string(),
             attempt: receive_count(&m),

@@ -35,6 +35,7 @@ pub fn layered_engine(
             retries,
             backoff: fast_backoff(),
             worker_id: worker_id.into(),
+            stale_after: Duration::from_secs(60),
         },
     )
 }

@@ -90,16 +90,17 @@ pub async fn sqs_queue(
 
 /// A local_mock task that passes after `duration_ms`.
 pub fn mock_task(key: &str, duration_ms: u64) -> Task {
-    Task {
-        execution_key: key.into(),
-        correlation_id: Some(format!("corr-{key}")),
-        runner: "local_mock".into(),
-        bench: Default::default(),
-        payload: runner_core::TestPayload {
+    let mut task = Task::new(
+        key,
+        "local_mock",
+        Default::default(),
+        runner_core::TestPayload {
             name: key.into(),
             command: vec!["mock".into()],
             backend: serde_json::json!({"duration_ms": duration_ms}),
             ..Default::default()
         },
-    }
+    );
+    task.correlation_id = Some(format!("corr-{key}"));
+    task
 }

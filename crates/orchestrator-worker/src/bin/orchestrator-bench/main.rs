@@ -175,18 +175,13 @@ async fn queue() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let store = SqliteStore::open(&dir.join("q.sqlite3")).map_err(|e| e.to_string())?;
-    let task = Task {
-        execution_key: "k".into(),
-        correlation_id: None,
-        runner: "local_mock".into(),
-        bench: BenchSpec::default(),
-        payload: mock_payload(0),
-    };
+    let task = Task::new("k", "local_mock", BenchSpec::default(), mock_payload(0));
     let started = Instant::now();
     for i in 0..TASKS {
         let mut t = task.clone();
         t.execution_key = format!("k{i}");
-        store.submit(&t).await.map_err(|e| e.to_string())?;
+        let new = orchestrator_worker::report::new_execution(&t);
+        store.submit(&t, &new).await.map_err(|e| e.to_string())?;
     }
     let mut consumers = tokio::task::JoinSet::new();
     for c in 0..32 {
@@ -261,16 +256,16 @@ async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String>
         ..TestPayload::default()
     };
     for i in 0..JOBS {
-        let task = Task {
-            execution_key: format!("j{i}"),
-            correlation_id: None,
-            runner: "local".into(),
-            bench: BenchSpec::default(),
-            payload: payload.clone(),
-        };
+        let task = Task::new(
+            format!("j{i}"),
+            "local",
+            BenchSpec::default(),
+            payload.clone(),
+        );
+        let new = orchestrator_worker::report::new_execution(&task);
         worker
-            .store()
-            .submit(&task)
+            .queue()
+            .submit(&task, &new)
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -281,7 +276,7 @@ async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String>
         tokio::spawn(async move { w.serve(stop).await })
     };
     loop {
-        let depth = worker.store().depth().await.map_err(|e| e.to_string())?;
+        let depth = worker.queue().depth().await.map_err(|e| e.to_string())?;
         if depth.done + depth.dead >= JOBS as u64 {
             break;
         }
