@@ -205,7 +205,15 @@ fn contract(args: &[String]) -> Result<()> {
 }
 
 /// Benchmarks, each run in its own process so peak-RSS figures do not mix.
-const BENCHES: &[&str] = &["engine", "queue", "local", "logs", "artifacts", "warmpool"];
+const BENCHES: &[&str] = &[
+    "engine",
+    "queue",
+    "local",
+    "logs",
+    "artifacts",
+    "warmpool",
+    "pg-queue",
+];
 
 fn bench(args: &[String]) -> Result<()> {
     let selected: Vec<&str> = match args {

@@ -189,6 +189,27 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Run `sql` through the connection's prepared-statement cache (a plain
+/// string would be parsed on the server every time: a round trip more).
+pub(crate) async fn exec<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.execute(&stmt, params).await.map_err(pg_err)
+}
+
+/// [`exec`] for a query returning at most one row.
+pub(crate) async fn query_opt<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.query_opt(&stmt, params).await.map_err(pg_err)
+}
+
 /// An error's message with its causes, once each.
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();

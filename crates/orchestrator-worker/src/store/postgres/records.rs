@@ -3,7 +3,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use super::pg_err;
+use super::{exec, pg_err};
 use crate::store::{
     ExecState, ExecutionRecord, HistoryFilter, NewExecution, RecordUpdate, StoreError,
     TimelineEvent,
@@ -72,24 +72,6 @@ pub(super) async fn insert_record<C: GenericClient>(c: &C, new: &NewExecution) -
     event(c, &new.key, None, ExecState::Queued, None, None, &message).await
 }
 
-async fn ensure_record<C: GenericClient>(c: &C, new: &NewExecution) -> Result<()> {
-    c.execute(
-        &format!("{INSERT_RECORD} ON CONFLICT (key) DO NOTHING"),
-        &[
-            &new.key,
-            &new.runner,
-            &new.bench,
-            &new.payload,
-            &correlation(new),
-            &json(&new.labels),
-            &new.submitted_by,
-        ],
-    )
-    .await
-    .map_err(pg_err)?;
-    Ok(())
-}
-
 /// Put a settled execution back on the way (a dead letter replayed).
 pub(super) async fn reopen<C: GenericClient>(c: &C, key: &str, message: &str) -> Result<()> {
     c.execute(
@@ -106,7 +88,57 @@ fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Apply one update inside the caller's transaction.
+/// The event message of an attempt that ended without settling.
+fn attempt_message(detail: &crate::store::AttemptDetail) -> String {
+    match &detail.error {
+        Some(e) => format!(
+            "attempt {} ended: {} error in {}: {}; {}",
+            detail.attempt, e.kind, e.phase, e.message, detail.disposition
+        ),
+        None => format!("attempt {} ended; {}", detail.attempt, detail.disposition),
+    }
+}
+
+/// A state change: the record upserted (a settled record keeps its final
+/// state) and the event inserted, in one statement.
+const STATE_SQL: &str = "WITH up AS (
+    INSERT INTO executions (key, runner, bench, payload, correlation_id, labels, submitted_by,
+                            state, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+    ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
+      WHERE NOT executions.settled)
+  INSERT INTO execution_events (key, at, state, attempt, worker, message)
+  VALUES ($1, $9, $8, $10, $11, $12)";
+
+const ATTEMPT_SQL: &str = "WITH up AS (
+    UPDATE executions SET attempts = attempts || jsonb_build_array($2::text::jsonb),
+           state = CASE WHEN settled THEN state ELSE $3 END, updated_at = $4
+     WHERE key = $1)
+  INSERT INTO execution_events (key, at, state, attempt, worker, message)
+  VALUES ($1, $4, $3, $5, $6, $7)";
+
+const SETTLED_SQL: &str = "WITH ins AS (
+    INSERT INTO executions (key, runner, bench, payload, correlation_id, labels, submitted_by,
+                            state, created_at, updated_at)
+    VALUES ($1, $9, $10, $11, $12, $13, $14, 'queued', $3, $3)
+    ON CONFLICT (key) DO NOTHING),
+  up AS (
+    UPDATE executions SET state = $2, settled = true, settled_at = $3, updated_at = $3,
+           attempts = CASE WHEN $4::text IS NULL THEN attempts
+                           ELSE attempts || jsonb_build_array($4::text::jsonb) END,
+           result = $5, artifacts = $6, cases = $7, error = $8
+     WHERE key = $1)
+  INSERT INTO execution_events (key, at, state, attempt, worker, message)
+  VALUES ($1, $3, $2, $15, $16, $17)";
+
+const CANCEL_SQL: &str = "WITH up AS (
+    UPDATE executions SET cancel_requested = true, updated_at = $2
+     WHERE key = $1 AND NOT settled RETURNING state)
+  INSERT INTO execution_events (key, at, state, message)
+  SELECT $1, $2, state, $3 FROM up";
+
+/// Apply one update inside the caller's transaction: one statement, so a
+/// batch of updates pipelines on one connection.
 pub(super) async fn apply<C: GenericClient>(c: &C, update: &RecordUpdate) -> Result<()> {
     match update {
         RecordUpdate::State {
@@ -117,117 +149,88 @@ pub(super) async fn apply<C: GenericClient>(c: &C, update: &RecordUpdate) -> Res
             worker,
             message,
         } => {
-            ensure_record(c, new).await?;
-            let at = ms(*at_ms);
-            c.execute(
-                "UPDATE executions SET state = $2, updated_at = $3 WHERE key = $1 AND NOT settled",
-                &[&new.key, &state.as_str(), &at],
-            )
-            .await
-            .map_err(pg_err)?;
-            event(
+            let attempt = attempt.map(i64::from);
+            exec(
                 c,
-                &new.key,
-                Some(at),
-                *state,
-                *attempt,
-                worker.as_deref(),
-                message,
-            )
-            .await
-        }
-        RecordUpdate::AttemptEnded { key, detail, state } => {
-            let at = ms(detail.ended_ms);
-            c.execute(
-                "UPDATE executions SET attempts = attempts || jsonb_build_array($2::text::jsonb),
-                        state = CASE WHEN settled THEN state ELSE $3 END, updated_at = $4
-                 WHERE key = $1",
-                &[key, &json(detail), &state.as_str(), &at],
-            )
-            .await
-            .map_err(pg_err)?;
-            let message = match &detail.error {
-                Some(e) => format!(
-                    "attempt {} ended: {} error in {}: {}; {}",
-                    detail.attempt, e.kind, e.phase, e.message, detail.disposition
-                ),
-                None => format!("attempt {} ended; {}", detail.attempt, detail.disposition),
-            };
-            event(
-                c,
-                key,
-                Some(at),
-                *state,
-                Some(detail.attempt),
-                Some(&detail.worker),
-                &message,
-            )
-            .await
-        }
-        RecordUpdate::Settled(s) => {
-            ensure_record(c, &s.new).await?;
-            let at = ms(s.at_ms);
-            let attempt = s.attempt.as_ref().map(json);
-            let result = s.result.as_ref().map(json);
-            c.execute(
-                "UPDATE executions SET state = $2, settled = true, settled_at = $3, updated_at = $3,
-                        attempts = CASE WHEN $4::text IS NULL THEN attempts
-                                        ELSE attempts || jsonb_build_array($4::text::jsonb) END,
-                        result = $5, artifacts = $6, cases = $7, error = $8
-                 WHERE key = $1",
+                STATE_SQL,
                 &[
-                    &s.new.key,
-                    &s.state.as_str(),
-                    &at,
+                    &new.key,
+                    &new.runner,
+                    &new.bench,
+                    &new.payload,
+                    &correlation(new),
+                    &json(&new.labels),
+                    &new.submitted_by,
+                    &state.as_str(),
+                    &ms(*at_ms),
                     &attempt,
-                    &result,
-                    &json(&s.artifacts),
-                    &json(&s.cases),
-                    &s.error,
+                    worker,
+                    message,
                 ],
             )
-            .await
-            .map_err(pg_err)?;
+            .await?;
+            Ok(())
+        }
+        RecordUpdate::AttemptEnded { key, detail, state } => {
+            exec(
+                c,
+                ATTEMPT_SQL,
+                &[
+                    key,
+                    &json(detail),
+                    &state.as_str(),
+                    &ms(detail.ended_ms),
+                    &i64::from(detail.attempt),
+                    &detail.worker,
+                    &attempt_message(detail),
+                ],
+            )
+            .await?;
+            Ok(())
+        }
+        RecordUpdate::Settled(s) => {
+            let attempt = s.attempt.as_ref().map(json);
+            let result = s.result.as_ref().map(json);
             let message = match (&s.result, &s.error) {
                 (Some(r), _) => format!("settled: {}", r.status),
                 (None, Some(e)) => format!("settled: {e}"),
                 (None, None) => "settled".to_owned(),
             };
-            event(
+            let attempt_no = s.attempt.as_ref().map(|a| i64::from(a.attempt));
+            let worker = s.attempt.as_ref().map(|a| a.worker.clone());
+            exec(
                 c,
-                &s.new.key,
-                Some(at),
-                s.state,
-                s.attempt.as_ref().map(|a| a.attempt),
-                s.attempt.as_ref().map(|a| a.worker.as_str()),
-                &message,
+                SETTLED_SQL,
+                &[
+                    &s.new.key,
+                    &s.state.as_str(),
+                    &ms(s.at_ms),
+                    &attempt,
+                    &result,
+                    &json(&s.artifacts),
+                    &json(&s.cases),
+                    &s.error,
+                    &s.new.runner,
+                    &s.new.bench,
+                    &s.new.payload,
+                    &correlation(&s.new),
+                    &json(&s.new.labels),
+                    &s.new.submitted_by,
+                    &attempt_no,
+                    &worker,
+                    &message,
+                ],
             )
-            .await
+            .await?;
+            Ok(())
         }
         RecordUpdate::CancelRequested { key, at_ms, by } => {
-            let at = ms(*at_ms);
-            let row = c
-                .query_opt(
-                    "UPDATE executions SET cancel_requested = true, updated_at = $2
-                     WHERE key = $1 AND NOT settled RETURNING state",
-                    &[key, &at],
-                )
-                .await
-                .map_err(pg_err)?;
-            if let Some(row) = row {
-                let state: String = row.get(0);
-                let state = ExecState::parse(&state).unwrap_or(ExecState::Queued);
-                event(
-                    c,
-                    key,
-                    Some(at),
-                    state,
-                    None,
-                    None,
-                    &format!("cancel requested by {by}"),
-                )
-                .await?;
-            }
+            exec(
+                c,
+                CANCEL_SQL,
+                &[key, &ms(*at_ms), &format!("cancel requested by {by}")],
+            )
+            .await?;
             Ok(())
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use runner_core::RunnerHandle;
 
-use super::{PgStore, pg_err, records};
+use super::{PgStore, exec, pg_err, query_opt, records};
 use crate::store::{
     Claim, Created, ExecutionRecord, HistoryFilter, JournalEntry, JournalState, NewExecution,
     RecordUpdate, Store, StoreError, WorkerBeat, WorkerInfo, millis,
@@ -47,6 +47,14 @@ impl Store for PgStore {
 
     async fn journal_claim(&self, key: &str, worker: &str, stale_after: Duration) -> Result<Claim> {
         let mut client = self.client().await?;
+        // Most executions have no live handle: one statement says so.
+        let any = client
+            .prepare_cached("SELECT 1 FROM journal WHERE execution_key = $1 AND state = 'live'")
+            .await
+            .map_err(pg_err)?;
+        if client.query_opt(&any, &[&key]).await.map_err(pg_err)?.is_none() {
+            return Ok(Claim::Fresh);
+        }
         let tx = client.transaction().await.map_err(pg_err)?;
         let row = tx
             .query_opt(
@@ -85,10 +93,16 @@ impl Store for PgStore {
         worker: &str,
     ) -> Result<i64> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
+        let stmt = client
+            .prepare_cached(
                 "INSERT INTO journal (execution_key, handle_id, runner_type, handle, owner, state, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, 'live', orch_now_ms(), orch_now_ms()) RETURNING id",
+            )
+            .await
+            .map_err(pg_err)?;
+        let row = client
+            .query_one(
+                &stmt,
                 &[&key, &handle.handle_id(), &handle.runner_type(), &handle.to_json(), &worker],
             )
             .await
@@ -106,13 +120,12 @@ impl Store for PgStore {
 
     async fn journal_end(&self, id: i64, state: JournalState, note: Option<&str>) -> Result<()> {
         let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE journal SET state = $2, note = $3, updated_at = orch_now_ms() WHERE id = $1",
-                &[&id, &state.as_str(), &note],
-            )
-            .await
-            .map_err(pg_err)?;
+        exec(
+            &client,
+            "UPDATE journal SET state = $2, note = $3, updated_at = orch_now_ms() WHERE id = $1",
+            &[&id, &state.as_str(), &note],
+        )
+        .await?;
         Ok(())
     }
 
@@ -144,13 +157,12 @@ impl Store for PgStore {
 
     async fn journal_get(&self, id: i64, stale_after: Duration) -> Result<Option<JournalEntry>> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &format!("{ENTRY_SELECT} WHERE j.id = $2"),
-                &[&millis(stale_after), &id],
-            )
-            .await
-            .map_err(pg_err)?;
+        let row = query_opt(
+            &client,
+            &format!("{ENTRY_SELECT} WHERE j.id = $2"),
+            &[&millis(stale_after), &id],
+        )
+        .await?;
         row.as_ref().map(to_entry).transpose()
     }
 
@@ -383,9 +395,9 @@ impl Store for PgStore {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        for update in updates {
-            records::apply(&tx, update).await?;
-        }
+        // Polled together, the statements pipeline on the connection (sent
+        // in order, one round trip for the lot).
+        futures::future::try_join_all(updates.iter().map(|u| records::apply(&tx, u))).await?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -405,13 +417,13 @@ impl Store for PgStore {
         }
         let client = self.client().await?;
         let keys: Vec<String> = keys.to_vec();
-        let rows = client
-            .query(
+        let stmt = client
+            .prepare_cached(
                 "SELECT key FROM executions WHERE key = ANY($1) AND cancel_requested AND NOT settled",
-                &[&keys],
             )
             .await
             .map_err(pg_err)?;
+        let rows = client.query(&stmt, &[&keys]).await.map_err(pg_err)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
