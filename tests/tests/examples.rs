@@ -47,6 +47,7 @@ async fn run_example(
             bench: &bench,
             payload: &payload,
             observer: None,
+            hurry: None,
         })
         .await;
     let lines = rx.drain_now().into_iter().map(|l| l.text).collect();

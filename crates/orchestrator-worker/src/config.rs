@@ -200,6 +200,17 @@ pub struct WorkerSection {
     /// On SIGTERM: how long running executions may finish before they are cancelled.
     #[serde(default = "d_grace")]
     pub drain_grace_seconds: u64,
+    /// After the drain grace: how long the cancelled executions' collection
+    /// and teardown may take in all (collection at most half); what is left
+    /// then goes to the reaper. Keep `drain_grace_seconds +
+    /// drain_cleanup_seconds` under a pod's terminationGracePeriodSeconds.
+    #[serde(default = "d_cleanup")]
+    pub drain_cleanup_seconds: u64,
+    /// A task delivered more often than this (its workers kept dying) is
+    /// dead-lettered as poison. Deliveries, not failures: a failure counts
+    /// against the runner's `retries`.
+    #[serde(default = "d_max_deliveries")]
+    pub max_deliveries: u32,
     /// Idle polling interval.
     #[serde(default = "d_poll")]
     pub poll_ms: u64,
@@ -241,6 +252,12 @@ fn d_visibility() -> u64 {
 fn d_grace() -> u64 {
     30
 }
+fn d_cleanup() -> u64 {
+    30
+}
+fn d_max_deliveries() -> u32 {
+    10
+}
 fn d_poll() -> u64 {
     200
 }
@@ -275,6 +292,8 @@ impl Default for WorkerSection {
             concurrency: d_concurrency(),
             visibility_seconds: d_visibility(),
             drain_grace_seconds: d_grace(),
+            drain_cleanup_seconds: d_cleanup(),
+            max_deliveries: d_max_deliveries(),
             poll_ms: d_poll(),
             backoff_base_ms: d_backoff_base(),
             backoff_max_ms: d_backoff_max(),

@@ -34,6 +34,10 @@ pub struct EngineSettings {
     /// A worker silent this long is dead: its journaled handles may be
     /// taken over by a redelivery.
     pub stale_after: Duration,
+    /// Executions at once through this engine, provision to teardown (the
+    /// runner config's `max_concurrency`; the backend's capability applies
+    /// too, the smaller wins). `None`: no limit.
+    pub max_concurrency: Option<usize>,
 }
 
 impl Default for EngineSettings {
@@ -43,6 +47,7 @@ impl Default for EngineSettings {
             backoff: Backoff::default(),
             worker_id: format!("worker-{}", std::process::id()),
             stale_after: Duration::from_secs(60),
+            max_concurrency: None,
         }
     }
 }
@@ -65,7 +70,8 @@ impl PhaseFailure {
         Self {
             phase: P::PHASE,
             kind: err.kind(),
-            message: err.to_string(),
+            // The message and its causes once; the phase and kind are fields.
+            message: err.detail(),
             panicked: is_panic(err),
         }
     }
@@ -158,6 +164,9 @@ pub struct Execution<'a> {
     pub payload: &'a TestPayload,
     /// Told of each phase as it starts.
     pub observer: Option<PhaseObserver>,
+    /// Fired to stop waiting for artifacts (a second Ctrl-C): collection is
+    /// cut short, teardown still runs.
+    pub hurry: Option<runner_core::CancellationToken>,
 }
 
 /// Drives executions through one (layered) adapter.
@@ -166,6 +175,7 @@ pub struct Engine {
     adapter: Arc<dyn RunnerAdapter>,
     journal: Option<Arc<dyn Store>>,
     settings: EngineSettings,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A handle this attempt holds, and its journal entry.
@@ -184,10 +194,18 @@ enum NotAcquired {
 impl Engine {
     /// An engine over `adapter` (normally from the factory, so already layered).
     pub fn new(adapter: Arc<dyn RunnerAdapter>, settings: EngineSettings) -> Self {
+        let limit = match (
+            settings.max_concurrency,
+            adapter.capabilities().max_concurrency,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Self {
             adapter,
             journal: None,
             settings,
+            slots: limit.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
         }
     }
 
@@ -220,6 +238,26 @@ impl Engine {
         let cleanup_ctx = ctx
             .clone()
             .with_cancel(runner_core::CancellationToken::new());
+
+        // One of the runner's slots for the whole lifecycle (a bench that
+        // takes one test at a time): waiting for it counts against no
+        // phase's limit.
+        let _slot = match &self.slots {
+            Some(slots) => tokio::select! {
+                permit = Arc::clone(slots).acquire_owned() => permit.ok(),
+                _ = ctx.cancel_token().cancelled() => {
+                    outcome.failure = Some(PhaseFailure {
+                        phase: Phase::Provision,
+                        kind: ErrorKind::Cancelled,
+                        message: "cancelled while waiting for a free slot of this runner".into(),
+                        panicked: false,
+                    });
+                    outcome.ended_ms = now_ms();
+                    return outcome;
+                }
+            },
+            None => None,
+        };
 
         observe(Phase::Provision);
         let clock = std::time::Instant::now();
@@ -278,8 +316,13 @@ impl Engine {
 
         observe(Phase::CollectArtifacts);
         let clock = std::time::Instant::now();
+        // A hurry (second Ctrl-C) cancels collection only.
+        let collect_ctx = match &exec.hurry {
+            Some(hurry) => cleanup_ctx.clone().with_cancel(hurry.child_token()),
+            None => cleanup_ctx.clone(),
+        };
         match self
-            .retrying(&cleanup_ctx, true, |c| {
+            .retrying(&collect_ctx, true, |c| {
                 let (handle, payload) = (&held.handle, exec.payload);
                 async move { self.adapter.collect_artifacts(&c, handle, payload).await }
             })
@@ -374,7 +417,18 @@ impl Engine {
         let provisioned = self
             .retrying(ctx, true, |c| {
                 calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                async move { self.adapter.provision(&c, bench).await }
+                async move {
+                    let result = self.adapter.provision(&c, bench).await;
+                    // Something was made before the failure (a provision
+                    // that finished after its limit): journal it and tear
+                    // it down before the error goes on (or is retried).
+                    if let Err(e) = &result
+                        && let Some(handle) = e.handle()
+                    {
+                        self.discard(&c, handle).await;
+                    }
+                    result
+                }
             })
             .await;
         outcome.provision_calls += calls.into_inner();
@@ -409,6 +463,69 @@ impl Engine {
                         panicked: false,
                     })),
                 }
+            }
+        }
+    }
+
+    /// Tear down the live handle journaled for `key` when its owner is gone
+    /// (or is this worker); used when a task is given up.
+    pub async fn release_journaled(&self, key: &str) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let entry = match journal
+            .journal_claim(key, &self.settings.worker_id, self.settings.stale_after)
+            .await
+        {
+            Ok(Claim::Reuse(entry)) => entry,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal; the reaper will find the handle");
+                return;
+            }
+        };
+        let ctx = RunContext::new(format!("{key}.release"), key)
+            .with_execution_key(key)
+            .with_worker(&self.settings.worker_id);
+        let held = Held {
+            handle: entry.handle.clone(),
+            entry: Some(entry.id),
+            reused: true,
+        };
+        let mut outcome = ExecutionOutcome::default();
+        self.release(&ctx, &held, &mut outcome).await;
+    }
+
+    /// Journal a handle nobody will use, tear it down, journal the end: a
+    /// crash in between leaves it to the reaper, not lost.
+    async fn discard(&self, ctx: &RunContext, handle: &RunnerHandle) {
+        tracing::warn!(
+            handle = handle.handle_id(),
+            "tearing down what a failed provision made"
+        );
+        let entry = match &self.journal {
+            Some(journal) => journal
+                .journal_provisioned(ctx.execution_key(), handle, &self.settings.worker_id)
+                .await
+                .ok(),
+            None => None,
+        };
+        let cleanup = ctx
+            .clone()
+            .with_cancel(runner_core::CancellationToken::new());
+        match self.adapter.teardown(&cleanup, handle).await {
+            Ok(()) => {
+                self.journal_end(
+                    entry,
+                    JournalState::Released,
+                    Some("made by a failed provision"),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tear down what a failed provision made; the reaper will");
+                self.journal_end(entry, JournalState::TeardownFailed, Some(&e.detail()))
+                    .await
             }
         }
     }

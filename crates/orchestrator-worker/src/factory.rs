@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use runner_core::{ConfigError, RunnerAdapter, RunnerConfig};
 
-use crate::layers::{Layered, PhaseLimits};
+use crate::layers::{PhaseLimits, stack};
 use crate::metrics::Metrics;
 
 /// Builds a backend from its config.
@@ -13,7 +13,8 @@ pub type Constructor =
     Arc<dyn Fn(&RunnerConfig) -> Result<Arc<dyn RunnerAdapter>, ConfigError> + Send + Sync>;
 
 /// Runner type → constructor. Every adapter it creates is wrapped once in
-/// [`Layered`]; backends never apply those concerns themselves.
+/// the cross-cutting layers ([`crate::layers::stack`]); backends never
+/// apply those concerns themselves.
 #[derive(Clone)]
 pub struct RunnerFactory {
     constructors: BTreeMap<String, Constructor>,
@@ -109,11 +110,11 @@ impl RunnerFactory {
                 ),
             });
         }
-        Ok(Arc::new(Layered::new(
+        Ok(stack(
             inner,
             PhaseLimits::from_config(config),
             self.metrics.clone(),
-        )))
+        ))
     }
 }
 

@@ -120,6 +120,7 @@ impl Worker {
                     backoff: config.worker.backoff(),
                     worker_id: id.clone(),
                     stale_after: config.worker.stale_after(),
+                    max_concurrency: runner.max_concurrency,
                 },
             )
             .with_journal(Arc::clone(&backends.store));
@@ -192,6 +193,7 @@ impl Worker {
     /// back to the queue), and return.
     pub async fn serve(&self, stop: CancellationToken) -> Result<(), StoreError> {
         let hard = CancellationToken::new();
+        let hurry = CancellationToken::new();
         let visibility = self.config.worker.visibility();
         let poll = Duration::from_millis(self.config.worker.poll_ms);
         // Register before leasing: a lease of an unregistered worker looks
@@ -221,9 +223,9 @@ impl Worker {
                     failures = 0;
                     for lease in leases {
                         let me = self.clone();
-                        let hard = hard.clone();
+                        let (hard, hurry) = (hard.clone(), hurry.clone());
                         running.spawn(async move {
-                            me.process(lease, hard).await;
+                            me.process_with(lease, hard, Some(hurry)).await;
                         });
                     }
                 }
@@ -249,12 +251,36 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
+            // Cancel the runs; collection and teardown get
+            // `drain_cleanup_seconds` in all (collection at most half of
+            // it), so the drain ends before a pod's termination grace.
+            let cleanup = Duration::from_secs(self.config.worker.drain_cleanup_seconds);
             tracing::warn!(
                 running = running.len(),
+                ?cleanup,
                 "drain grace over; cancelling the rest"
             );
             hard.cancel();
-            while running.join_next().await.is_some() {}
+            let hurry_later = {
+                let hurry = hurry.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(cleanup / 2).await;
+                    hurry.cancel();
+                })
+            };
+            let cleaned = tokio::time::timeout(cleanup, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            hurry_later.abort();
+            if cleaned.is_err() {
+                tracing::warn!(
+                    running = running.len(),
+                    "drain cleanup time over; leaving the rest to the reaper (their leases lapse, their handles are journaled)"
+                );
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+            }
         }
         for task in background {
             task.abort();
@@ -402,6 +428,16 @@ impl Worker {
 
     /// Execute one leased task and settle it. `hard` cancels the run.
     pub async fn process(&self, lease: Lease, hard: CancellationToken) -> Disposition {
+        self.process_with(lease, hard, None).await
+    }
+
+    /// [`Worker::process`], with `hurry` cutting artifact collection short.
+    pub async fn process_with(
+        &self,
+        lease: Lease,
+        hard: CancellationToken,
+        hurry: Option<CancellationToken>,
+    ) -> Disposition {
         if let Some(problem) = &lease.body_error {
             return self.settle_bad(&lease, None, "unknown", problem).await;
         }
@@ -424,12 +460,14 @@ impl Worker {
                 .await;
         };
         let max_attempts = served.config.max_attempts();
-        if lease.attempt > max_attempts {
+        let max_deliveries = self.config.worker.max_deliveries.max(max_attempts);
+        if lease.attempt > max_deliveries {
             // Delivered more often than allowed: its workers kept dying (a poison task).
             let reason = format!(
-                "attempts exhausted ({} deliveries, at most {max_attempts}); the leases expired without a result",
+                "delivered {} times (worker.max_deliveries is {max_deliveries}); its leases kept expiring without a result",
                 lease.attempt
             );
+            self.release_abandoned(&task).await;
             return self
                 .settle_bad(&lease, Some(&task), &task.runner, &reason)
                 .await;
@@ -513,6 +551,7 @@ impl Worker {
                 bench: &task.bench,
                 payload: &task.payload,
                 observer: Some(observer),
+                hurry,
             })
             .instrument(span)
             .await;
@@ -527,9 +566,12 @@ impl Worker {
         }
 
         let ending = outcome.ending(hard.is_cancelled());
+        // Against the retries count the attempts that failed, not the
+        // deliveries whose worker died.
+        let attempt = lease.failures.saturating_add(1);
         let mut disposition = decide(
             &ending,
-            lease.attempt,
+            attempt,
             max_attempts,
             &self.config.worker.backoff(),
         );
@@ -598,6 +640,14 @@ impl Worker {
         self.metrics
             .execution(&task.runner, disposition_name(&disposition));
         disposition
+    }
+
+    /// Tear down the live handle a poison task left (its workers died
+    /// holding it), so dead-lettering it leaves nothing behind.
+    async fn release_abandoned(&self, task: &Task) {
+        if let Some(served) = self.served.get(&task.runner) {
+            served.engine.release_journaled(&task.execution_key).await;
+        }
     }
 
     async fn cancel_was_requested(&self, key: &str) -> bool {
@@ -708,6 +758,7 @@ impl Worker {
             kind: Some(runner_core::ErrorKind::InvalidSpec),
             message: reason.to_owned(),
             at_ms: now_ms(),
+            counted: true,
         };
         if let Some(task) = task {
             let update = RecordUpdate::Settled(Box::new(crate::store::Settlement {
@@ -780,5 +831,6 @@ fn attempt_record(
         kind,
         message,
         at_ms: now_ms(),
+        counted: true,
     }
 }

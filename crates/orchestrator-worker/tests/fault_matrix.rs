@@ -1,7 +1,9 @@
 //! The fault matrix on LocalMockRunner: 4 phases × {transient, permanent,
 //! timeout, hang, panic} × retries {0, 3}. Each cell drives attempts through
 //! the engine and the policy as the worker would, and checks the final
-//! disposition, the attempts used and the teardown calls.
+//! disposition, the attempts used and the teardown calls. A run that hangs
+//! past its limit is a timed-out test (acked, once); a backend that
+//! returns a timeout error is an infrastructure failure (retried).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +26,8 @@ enum Expect {
     DeadAfterAllAttempts,
     /// Dead-lettered after the first attempt.
     DeadAtOnce,
+    /// Acked after one attempt with a timed-out result.
+    TimedOut,
 }
 
 struct Cell {
@@ -41,6 +45,8 @@ impl Cell {
         match self.phase {
             // A result exists: artifact and teardown failures never change it.
             Phase::CollectArtifacts | Phase::Teardown => Expect::Ack,
+            // Past its limit the run is a result: timed out.
+            Phase::RunTest if self.fault == Fault::Hang => Expect::TimedOut,
             _ if self.retryable() => Expect::DeadAfterAllAttempts,
             _ => Expect::DeadAtOnce,
         }
@@ -76,6 +82,7 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
     let max_attempts = cell.retries + 1;
     let mut attempts = 0;
     let mut teardowns = 0;
+    let mut last_status;
     let disposition = loop {
         attempts += 1;
         let outcome = engine
@@ -86,9 +93,11 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
                 bench: &fixtures::bench(),
                 payload: &fixtures::passing(),
                 observer: None,
+                hurry: None,
             })
             .await;
         teardowns += outcome.teardown_calls;
+        last_status = outcome.result.as_ref().map(|r| r.status);
         if cell.phase == Phase::Teardown && outcome.teardown_error.is_none() {
             return Err(format!("{name}: teardown fault did not surface"));
         }
@@ -103,11 +112,15 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
         }
     };
     let expected_attempts = match cell.expect() {
-        Expect::Ack | Expect::DeadAtOnce => 1,
+        Expect::Ack | Expect::DeadAtOnce | Expect::TimedOut => 1,
         Expect::DeadAfterAllAttempts => max_attempts,
     };
     let ok_disposition = match cell.expect() {
         Expect::Ack => disposition == Disposition::Ack,
+        Expect::TimedOut => {
+            disposition == Disposition::Ack
+                && last_status == Some(runner_core::TestStatus::TimedOut)
+        }
         _ => matches!(disposition, Disposition::DeadLetter { .. }),
     };
     if !ok_disposition || attempts != expected_attempts {

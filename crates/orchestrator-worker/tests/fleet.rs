@@ -567,6 +567,7 @@ async fn submit_and_dlq_work_on_sqs_through_the_cli() {
         kind: None,
         message: "test".into(),
         at_ms: 0,
+        counted: true,
     };
     queue
         .dead_letter(&lease, "permanent: test", record)

@@ -42,6 +42,7 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
                     bench: &fixtures::bench(),
                     payload: &fixtures::passing(),
                     observer: None,
+                    hurry: None,
                 })
                 .await
         }

@@ -92,9 +92,36 @@ async fn each_execution_is_one_trace_continuing_the_submitters() {
             processed += 1;
         }
     }
+    // A failed phase marks its span as an error.
+    let mut bad = common::mock_task("traced-bad", 0);
+    bad.bench.backend = serde_json::json!({"seed": "not a number"});
+    queue.enqueue(&bad).await.unwrap();
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        if let Some(lease) = queue.lease("w", Duration::from_secs(30)).await.unwrap() {
+            worker.process(lease, CancellationToken::new()).await;
+            break;
+        }
+    }
     telemetry.shutdown();
 
     let spans = spans.0.lock().unwrap().clone();
+    let failed: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "runner.provision")
+        .filter(|s| matches!(s.status, opentelemetry::trace::Status::Error { .. }))
+        .collect();
+    assert_eq!(failed.len(), 1, "only the bad task's provision failed");
+    assert_eq!(
+        attr(failed[0], "execution_id").as_deref(),
+        Some("traced-bad.1")
+    );
+    let ok = spans
+        .iter()
+        .filter(|s| s.name == "runner.run_test")
+        .all(|s| !matches!(s.status, opentelemetry::trace::Status::Error { .. }));
+    assert!(ok, "passing phases are not errors");
     let mut traces = std::collections::BTreeSet::new();
     for key in keys {
         let root = spans

@@ -78,6 +78,7 @@ async fn execute(adapter: MockAdapter, attempt: u32) -> (ExecutionOutcome, Dispo
             bench: &BenchSpec::default(),
             payload: &TestPayload::default(),
             observer: None,
+            hurry: None,
         })
         .await;
     let disposition = decide(

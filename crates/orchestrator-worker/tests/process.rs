@@ -491,3 +491,125 @@ fn a_run_killed_by_sigkill_is_found_and_torn_down_by_reap() {
         "the run's test was killed"
     );
 }
+
+/// A runner config with `timeout_seconds`, for the local root of `s`.
+fn runner_with_timeout(s: &Setup, seconds: u64) -> PathBuf {
+    let path = s.path("runner.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "type: local\ntimeout_seconds: {seconds}\nartifacts_dir: {}\nbackend: {{root: {}, kill_grace_ms: 200}}\n",
+            s.path("artifacts").display(),
+            s.path("work").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_run_past_the_runners_timeout_is_a_timed_out_test() {
+    let s = Setup::new("runner-timeout", "concurrency: 1");
+    let config = runner_with_timeout(&s, 2);
+    let payload = s.payload("echo before the limit; exec sleep 30");
+    let out = Command::new(BIN)
+        .args(["run", "--bench"])
+        .arg(s.path("bench.yaml"))
+        .arg("--payload")
+        .arg(&payload)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a test result, not infrastructure: {stdout}"
+    );
+    assert!(stdout.contains("result     timed_out"), "{stdout}");
+    assert!(stdout.contains("the runner's run limit"), "{stdout}");
+    assert!(
+        stdout.contains("before the limit"),
+        "its output is kept: {stdout}"
+    );
+    assert!(!stdout.contains("run_test failed"), "{stdout}");
+    assert!(stdout.contains("teardown   ok"), "{stdout}");
+    assert_eq!(s.marked(), 0);
+    assert_eq!(s.work_dirs(), 0);
+}
+
+#[test]
+fn sigterm_to_run_cancels_and_tears_down() {
+    let s = Setup::new("run-sigterm", "concurrency: 1");
+    let config = runner_with_timeout(&s, 600);
+    let payload = s.payload("echo started; exec sleep 60");
+    let mut run = Command::new(BIN)
+        .args(["run", "--bench"])
+        .arg(s.path("bench.yaml"))
+        .arg("--payload")
+        .arg(&payload)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || s.marked() == 1),
+        "the test never started"
+    );
+    sigterm(&run);
+    let status = wait_exit(&mut run, Duration::from_secs(30));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(3), "cancelled: {stdout}");
+    assert!(stdout.contains("teardown   ok"), "{stdout}");
+    assert_eq!(s.work_dirs(), 0, "torn down");
+    assert!(wait_for(Duration::from_secs(5), || s.marked() == 0));
+}
+
+#[test]
+fn a_drain_with_a_slow_teardown_ends_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.yaml");
+    // The run hangs and teardown takes ten minutes: the drain must still
+    // end after drain_grace_seconds + drain_cleanup_seconds.
+    std::fs::write(
+        &config,
+        "queue: {path: q.sqlite3}\nworker: {concurrency: 1, poll_ms: 50, drain_grace_seconds: 1, drain_cleanup_seconds: 2}\n\
+         runners:\n  - {type: local_mock, backend: {artifacts: memory, faults: [{phase: run_test, fault: {kind: hang}}, {phase: teardown, fault: {kind: delay, ms: 600000}}]}}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bench.yaml"), "name: b\n").unwrap();
+    std::fs::write(dir.path().join("payload.yaml"), "command: [mock]\n").unwrap();
+    let submit = Command::new(BIN)
+        .args(["submit", "--runner", "local_mock", "--bench"])
+        .arg(dir.path().join("bench.yaml"))
+        .arg("--payload")
+        .arg(dir.path().join("payload.yaml"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(submit.status.success());
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = SqliteStore::open(&dir.path().join("q.sqlite3")).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || block_on(store.leased_count())
+            .unwrap()
+            == 1),
+        "the task never started"
+    );
+    sigterm(&serve);
+    // grace 1 s + cleanup 2 s, and some start-up slack; the teardown alone
+    // would take ten minutes.
+    let status = wait_exit(&mut serve, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+}

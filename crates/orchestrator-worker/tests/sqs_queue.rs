@@ -22,6 +22,7 @@ fn record(attempt: u32, message: &str) -> AttemptRecord {
         kind: None,
         message: message.into(),
         at_ms: now_ms(),
+        counted: true,
     }
 }
 

@@ -104,6 +104,7 @@ fn record(attempt: u32) -> AttemptRecord {
         kind: None,
         message: "m".into(),
         at_ms: 0,
+        counted: true,
     }
 }
 

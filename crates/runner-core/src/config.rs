@@ -1,8 +1,9 @@
 //! `RunnerConfig`: which backend, how many retries, which time limits.
 //!
 //! Loaded from YAML, from `(key, value)` pairs (dotted keys) or from the
-//! environment (`RUNNER_TYPE`, `RUNNER_RETRIES`, `RUNNER_PHASE_TIMEOUTS__PROVISION`,
-//! `RUNNER_BACKEND__IMAGE`...). Every path goes through one deserializer, so
+//! environment (`ORCHESTRATOR_RUNNER_TYPE`, `ORCHESTRATOR_RUNNER_RETRIES`,
+//! `ORCHESTRATOR_RUNNER_PHASE_TIMEOUTS__PROVISION`, `ORCHESTRATOR_RUNNER_BACKEND__IMAGE`...,
+//! or the `RUNNER_*` alias, which reads this config's keys only). Every path goes through one deserializer, so
 //! an unknown key or a bad value gives the same error, naming the key.
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,11 @@ pub struct RunnerConfig {
     /// Per-phase limits.
     #[serde(default)]
     pub phase_timeouts: PhaseTimeouts,
+    /// Executions of this runner at once in one worker (a bench that takes
+    /// one test at a time: 1). The backend's own
+    /// `Capabilities::max_concurrency` applies too; the smaller wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
     /// The backend's own section, decoded by the backend.
     #[serde(default)]
     pub backend: serde_json::Value,
@@ -112,7 +118,23 @@ fn default_artifacts_dir() -> PathBuf {
 pub const MAX_RETRIES: u32 = 100;
 
 /// The environment variable prefix read by [`RunnerConfig::from_env`].
-pub const ENV_PREFIX: &str = "RUNNER_";
+pub const ENV_PREFIX: &str = "ORCHESTRATOR_RUNNER_";
+
+/// The short alias of [`ENV_PREFIX`]. CI systems set variables of their own
+/// under it (GitHub Actions' `RUNNER_TEMP`, `RUNNER_OS`...), so through the
+/// alias only this config's own keys are read and the rest is ignored.
+pub const ENV_ALIAS_PREFIX: &str = "RUNNER_";
+
+/// The top-level keys of a runner config.
+const KEYS: &[&str] = &[
+    "type",
+    "retries",
+    "timeout_seconds",
+    "artifacts_dir",
+    "phase_timeouts",
+    "max_concurrency",
+    "backend",
+];
 
 impl RunnerConfig {
     /// A config for `runner_type` with every default.
@@ -123,6 +145,7 @@ impl RunnerConfig {
             timeout_seconds: default_timeout(),
             artifacts_dir: default_artifacts_dir(),
             phase_timeouts: PhaseTimeouts::default(),
+            max_concurrency: None,
             backend: serde_json::Value::Null,
         }
     }
@@ -168,24 +191,52 @@ impl RunnerConfig {
         Ok(config)
     }
 
-    /// Build from `RUNNER_*` variables of this process.
+    /// Build from `ORCHESTRATOR_RUNNER_*` variables of this process (or
+    /// their `RUNNER_*` alias).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_env_vars(std::env::vars())
     }
 
-    /// Build from `RUNNER_*` entries of `vars` (other entries are ignored):
-    /// `RUNNER_TIMEOUT_SECONDS` is `timeout_seconds`, a double underscore nests
-    /// (`RUNNER_BACKEND__IMAGE` is `backend.image`). Errors name the variable.
+    /// Whether `vars` configure a runner: `ORCHESTRATOR_RUNNER_TYPE` or
+    /// `RUNNER_TYPE` is set.
+    pub fn env_has_type<'a, I>(names: I) -> bool
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        names
+            .into_iter()
+            .any(|n| n == "ORCHESTRATOR_RUNNER_TYPE" || n == "RUNNER_TYPE")
+    }
+
+    /// Build from `ORCHESTRATOR_RUNNER_*` entries of `vars`:
+    /// `ORCHESTRATOR_RUNNER_TIMEOUT_SECONDS` is `timeout_seconds`, a double
+    /// underscore nests (`ORCHESTRATOR_RUNNER_BACKEND__IMAGE` is
+    /// `backend.image`), and an unknown key is an error naming the
+    /// variable. When no `ORCHESTRATOR_RUNNER_*` variable is set, the
+    /// `RUNNER_*` alias is read instead, keeping only this config's own
+    /// top-level keys (`RUNNER_TEMP` of a CI system is ignored).
     pub fn from_env_vars<I>(vars: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let full = vars.iter().any(|(n, _)| n.starts_with(ENV_PREFIX));
         let mut pairs = Vec::new();
-        for (name, value) in vars {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                let key = rest.to_ascii_lowercase().replace("__", ".");
-                pairs.push((key, value, name));
+        for (name, value) in &vars {
+            let rest = if full {
+                name.strip_prefix(ENV_PREFIX)
+            } else {
+                name.strip_prefix(ENV_ALIAS_PREFIX)
+            };
+            let Some(rest) = rest else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let top = key.split('.').next().unwrap_or_default();
+            if !full && !KEYS.contains(&top) {
+                continue;
             }
+            pairs.push((key, value.clone(), name.clone()));
         }
         Self::from_pairs(pairs.iter().map(|(k, v, _)| (k, v))).map_err(|err| match err {
             ConfigError::Key { key, message } | ConfigError::Invalid { key, message } => {
@@ -193,7 +244,7 @@ impl RunnerConfig {
                     .iter()
                     .find(|(k, _, _)| key == *k || key.starts_with(&format!("{k}.")))
                     .map(|(_, _, name)| name.clone())
-                    .unwrap_or_else(|| env_name(&key));
+                    .unwrap_or_else(|| env_name(&key, full));
                 ConfigError::Key {
                     key: format!("{key} ({var})"),
                     message,
@@ -219,6 +270,9 @@ impl RunnerConfig {
         }
         if self.artifacts_dir.as_os_str().is_empty() {
             return Err(invalid("artifacts_dir", "must not be empty"));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(invalid("max_concurrency", "must be at least 1"));
         }
         for phase in Phase::ALL {
             if self.phase_timeouts.get(phase) == Some(0) {
@@ -299,9 +353,10 @@ fn extract_backticked(message: &str) -> Option<&str> {
     Some(&message[start..start + len])
 }
 
-fn env_name(key: &str) -> String {
+fn env_name(key: &str, full: bool) -> String {
     format!(
-        "{ENV_PREFIX}{}",
+        "{}{}",
+        if full { ENV_PREFIX } else { ENV_ALIAS_PREFIX },
         key.to_ascii_uppercase().replace('.', "__")
     )
 }
@@ -424,10 +479,46 @@ mod tests {
         let err = RunnerConfig::from_env_vars(vars).unwrap_err().to_string();
         assert!(err.contains("RUNNER_TIMEOUT_SECONDS"), "{err}");
 
-        let vars = [("RUNNER_TYPE", "ec2"), ("RUNNER_RETRYS", "1")]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        // Under the full prefix a misspelt key is an error naming the variable.
+        let vars = [
+            ("ORCHESTRATOR_RUNNER_TYPE", "ec2"),
+            ("ORCHESTRATOR_RUNNER_RETRYS", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let err = RunnerConfig::from_env_vars(vars).unwrap_err().to_string();
-        assert!(err.contains("RUNNER_RETRYS"), "{err}");
+        assert!(err.contains("ORCHESTRATOR_RUNNER_RETRYS"), "{err}");
+        let vars = [
+            ("ORCHESTRATOR_RUNNER_TYPE", "local"),
+            ("ORCHESTRATOR_RUNNER_BACKEND__ROOT", "/w"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            RunnerConfig::from_env_vars(vars).unwrap().backend["root"],
+            "/w"
+        );
+    }
+
+    #[test]
+    fn a_ci_systems_runner_variables_do_not_break_the_alias() {
+        // GitHub Actions sets these on every job.
+        let vars = [
+            ("RUNNER_TYPE", "local"),
+            ("RUNNER_TEMP", "/home/runner/work/_temp"),
+            ("RUNNER_OS", "Linux"),
+            ("RUNNER_TOOL_CACHE", "/opt/hostedtoolcache"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = RunnerConfig::from_env_vars(vars).unwrap();
+        assert_eq!(c.runner_type, "local");
+        // With the full prefix present, the alias is not read at all.
+        let vars = [
+            ("ORCHESTRATOR_RUNNER_TYPE", "local_mock"),
+            ("RUNNER_TYPE", "local"),
+            ("RUNNER_RETRIES", "nope"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = RunnerConfig::from_env_vars(vars).unwrap();
+        assert_eq!((c.runner_type.as_str(), c.retries), ("local_mock", 2));
     }
 
     #[test]

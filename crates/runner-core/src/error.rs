@@ -92,6 +92,7 @@ struct Inner {
     backend: Option<String>,
     retry_after: Option<Duration>,
     handle_gone: bool,
+    handle: Option<crate::handle::RunnerHandle>,
     source: Option<BoxError>,
 }
 
@@ -127,6 +128,7 @@ impl<P: PhaseMarker> RunnerError<P> {
                 backend: None,
                 retry_after: None,
                 handle_gone: false,
+                handle: None,
                 source: None,
             }),
             _phase: PhantomData,
@@ -227,6 +229,26 @@ impl<P: PhaseMarker> RunnerError<P> {
         &self.inner.message
     }
 
+    /// The message and its causes, each once, without the phase prefix or
+    /// the ids: what a summary line or a span shows after naming the phase.
+    pub fn detail(&self) -> String {
+        let mut text = self.inner.message.clone();
+        let mut source: Option<&(dyn StdError + 'static)> = self
+            .inner
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static));
+        while let Some(cause) = source {
+            let part = cause.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
     /// For [`ErrorKind::InvalidSpec`]: the dotted path of the bad field.
     pub fn field(&self) -> Option<&str> {
         self.inner.field.as_deref()
@@ -250,6 +272,19 @@ impl<P: PhaseMarker> RunnerError<P> {
     /// A delay the remote side asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// Attach a handle to what was made before the failure (a provision
+    /// that finished after its time limit, a half-made environment): the
+    /// worker journals it and tears it down instead of losing it.
+    pub fn with_handle(mut self, handle: crate::handle::RunnerHandle) -> Self {
+        self.inner.handle = Some(handle);
+        self
+    }
+
+    /// The handle of what was made before the failure, if any.
+    pub fn handle(&self) -> Option<&crate::handle::RunnerHandle> {
+        self.inner.handle.as_ref()
     }
 
     /// Whether the environment behind the handle is gone (see
@@ -295,6 +330,7 @@ impl<P: PhaseMarker> fmt::Debug for RunnerError<P> {
             .field("backend", &self.inner.backend)
             .field("retry_after", &self.inner.retry_after)
             .field("handle_gone", &self.inner.handle_gone)
+            .field("handle", &self.inner.handle.as_ref().map(|h| h.handle_id()))
             .field("source", &self.inner.source)
             .finish()
     }

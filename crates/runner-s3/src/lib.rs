@@ -20,10 +20,22 @@ pub use store::{
 
 pub use runner_core::ErrorKind;
 
+/// Connect, read and operation timeouts for every AWS client: no call can
+/// hang a worker's loop. The read timeout stays above SQS's 20 s long poll.
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .read_timeout(std::time::Duration::from_secs(30))
+        .operation_timeout(std::time::Duration::from_secs(120))
+        .build()
+}
+
 /// The shared SDK configuration: default credential chain, region and
-/// endpoint settings, with `region` overriding the chain's region when set.
+/// endpoint settings, with `region` overriding the chain's region when set,
+/// and [`timeouts`].
 pub async fn load_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts());
     if let Some(region) = region {
         loader = loader.region(aws_config::Region::new(region.to_string()));
     }

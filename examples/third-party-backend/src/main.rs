@@ -21,6 +21,7 @@ async fn main() -> Result<(), String> {
                 ..TestPayload::default()
             },
             observer: None,
+            hurry: None,
         })
         .await;
     println!("{outcome:#?}");

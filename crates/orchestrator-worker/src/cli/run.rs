@@ -29,7 +29,8 @@ pub struct RunArgs {
     /// The test payload (YAML).
     #[arg(long)]
     payload: PathBuf,
-    /// A runner config (YAML); without it, RUNNER_* variables, else `type: local`.
+    /// A runner config (YAML); without it, ORCHESTRATOR_RUNNER_* (or RUNNER_*)
+    /// variables when they name a type, else `type: local`.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Write a JUnit XML report here.
@@ -45,7 +46,16 @@ pub struct RunArgs {
 pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
     let config = match &args.config {
         Some(path) => RunnerConfig::from_yaml_file(path),
-        None if std::env::var("RUNNER_TYPE").is_ok() => RunnerConfig::from_env(),
+        None if RunnerConfig::env_has_type(
+            std::env::vars()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        ) =>
+        {
+            RunnerConfig::from_env()
+        }
         None => Ok(RunnerConfig::new("local")),
     }
     .map_err(|e| CliError::usage(e.to_string()))?;
@@ -137,13 +147,36 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
             }
         })
     };
+    // Ctrl-C or SIGTERM (what CI systems and Kubernetes send on a cancel):
+    // cancel the run; collect and teardown still run. A second one stops
+    // waiting for artifacts; teardown still runs.
     let cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = cancel.clone();
+    let hurry = CancellationToken::new();
+    let signals = {
+        let (cancel, hurry) = (cancel.clone(), hurry.clone());
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("» cancelling (teardown still runs)");
-                cancel.cancel();
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            let mut seen = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                seen += 1;
+                if seen == 1 {
+                    eprintln!(
+                        "» cancelling (artifacts are still collected and the environment torn down; again to skip the artifacts)"
+                    );
+                    cancel.cancel();
+                } else {
+                    eprintln!("» not waiting for artifacts; tearing down");
+                    hurry.cancel();
+                    return;
+                }
             }
         })
     };
@@ -170,9 +203,10 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
             bench: &bench,
             payload: &payload,
             observer,
+            hurry: Some(hurry),
         })
         .await;
-    ctrl_c.abort();
+    signals.abort();
     let _ = printer.await;
     if let Some(pb) = &spinner {
         pb.finish_and_clear();

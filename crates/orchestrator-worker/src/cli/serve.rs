@@ -26,6 +26,27 @@ pub struct ServeArgs {
 }
 
 pub(super) async fn serve(args: ServeArgs, make: MakeFactory) -> CliResult {
+    // Signals first: a SIGTERM during start-up drains (nothing) instead of
+    // killing the process.
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot watch SIGTERM");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            }
+            stop.cancel();
+        });
+    }
     let mut config = load_worker_config(&args.config, args.queue_url)?;
     if let Some(n) = args.concurrency {
         config.worker.concurrency = usize::try_from(n).unwrap_or(1);
@@ -55,25 +76,6 @@ pub(super) async fn serve(args: ServeArgs, make: MakeFactory) -> CliResult {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "metrics server stopped");
             }
-        });
-    }
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot watch SIGTERM");
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-            }
-            stop.cancel();
         });
     }
     worker.serve(stop).await?;

@@ -1,18 +1,25 @@
-//! Cross-cutting concerns, applied once by the factory to every adapter.
+//! Cross-cutting concerns, one small type each, applied once by the
+//! factory to every adapter ([`stack`]), in the manner of tower's layers.
 //!
 //! Order, outermost first, for every phase call:
 //!
-//! 1. [`instrument`]: a `runner.<phase>` span with backend, correlation_id,
-//!    execution_id and attempt; duration and failure metrics. Outermost, so
-//!    it sees what the caller sees, timeouts and panics included.
-//! 2. [`context`]: the backend name attached to every error.
-//! 3. [`timeout`]: the phase's limit; on expiry the phase's token fires, the
-//!    backend gets a short grace to clean up, then the call ends with a
-//!    `timeout` error.
-//! 4. [`panic`]: a panic inside the backend becomes a permanent error of
-//!    that phase.
+//! 1. [`instrument::Instrument`]: a `runner.<phase>` span with backend,
+//!    correlation_id, execution_id and attempt; duration and failure
+//!    metrics; a failed phase marks its span as an error. Outermost, so it
+//!    sees what the caller sees, timeouts and panics included.
+//! 2. [`context::ErrorContext`]: the backend name attached to every error.
+//! 3. [`timeout::TimeLimit`]: the phase's limit, put on the context as its
+//!    deadline so the backend sizes its own waits by it. On expiry the
+//!    phase's token fires and the backend gets a grace to stop; what it
+//!    returns within the grace is used. A run past its limit is a
+//!    `timed_out` result, not an error.
+//! 4. [`panic::PanicGuard`]: a panic inside the backend becomes a permanent
+//!    error of that phase.
 //!
-//! Backends do none of this themselves.
+//! Backends do none of this themselves. The per-runner concurrency limit
+//! is the engine's ([`crate::engine::EngineSettings::max_concurrency`]): it
+//! must hold from provision to teardown and must not eat into the provision
+//! time limit.
 
 pub mod context;
 pub mod instrument;
@@ -31,29 +38,153 @@ use runner_core::{
 
 use crate::metrics::Metrics;
 
-/// An adapter wrapped in every cross-cutting layer.
-#[derive(Debug)]
-pub struct Layered {
-    inner: Arc<dyn RunnerAdapter>,
-    backend: String,
-    timeouts: PhaseLimits,
-    metrics: Metrics,
+/// One concern around phase calls. `call` runs the inner adapter with the
+/// context it is given (a concern may hand it a child context).
+pub trait Around: Send + Sync + std::fmt::Debug + 'static {
+    /// Around a phase call.
+    fn around<P, T, F, Fut>(
+        &self,
+        ctx: &RunContext,
+        call: F,
+    ) -> impl Future<Output = Result<T, RunnerError<P>>> + Send
+    where
+        P: PhaseMarker,
+        T: Send + 'static,
+        F: FnOnce(RunContext) -> Fut + Send,
+        Fut: Future<Output = Result<T, RunnerError<P>>> + Send;
+
+    /// Around `run_test`; `payload` carries the test's own time limit.
+    fn around_run<F, Fut>(
+        &self,
+        ctx: &RunContext,
+        payload: &TestPayload,
+        call: F,
+    ) -> impl Future<Output = Result<TestResult, ExecutionError>> + Send
+    where
+        F: FnOnce(RunContext) -> Fut + Send,
+        Fut: Future<Output = Result<TestResult, ExecutionError>> + Send,
+    {
+        let _ = payload;
+        self.around(ctx, call)
+    }
+
+    /// Around `list_owned`, which is not a phase (not timed or counted as
+    /// a teardown).
+    fn around_list<F, Fut>(
+        &self,
+        ctx: &RunContext,
+        call: F,
+    ) -> impl Future<Output = Result<Vec<OwnedResource>, TeardownError>> + Send
+    where
+        F: FnOnce(RunContext) -> Fut + Send,
+        Fut: Future<Output = Result<Vec<OwnedResource>, TeardownError>> + Send,
+    {
+        self.around(ctx, call)
+    }
 }
 
-/// The per-phase limits the timeout layer applies.
+/// An adapter with one concern around it.
+#[derive(Debug)]
+pub struct Wrapped<L> {
+    inner: Arc<dyn RunnerAdapter>,
+    layer: L,
+}
+
+impl<L: Around> Wrapped<L> {
+    /// `layer` around `inner`.
+    pub fn new(inner: Arc<dyn RunnerAdapter>, layer: L) -> Self {
+        Self { inner, layer }
+    }
+
+    /// The wrapped adapter.
+    pub fn inner(&self) -> &Arc<dyn RunnerAdapter> {
+        &self.inner
+    }
+}
+
+#[runner_core::async_trait]
+impl<L: Around> RunnerAdapter for Wrapped<L> {
+    fn runner_type(&self) -> &str {
+        self.inner.runner_type()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn provision(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+    ) -> Result<RunnerHandle, ProvisionError> {
+        self.layer
+            .around(
+                ctx,
+                |c| async move { self.inner.provision(&c, bench).await },
+            )
+            .await
+    }
+
+    async fn run_test(
+        &self,
+        ctx: &RunContext,
+        handle: &RunnerHandle,
+        payload: &TestPayload,
+    ) -> Result<TestResult, ExecutionError> {
+        self.layer
+            .around_run(ctx, payload, |c| async move {
+                self.inner.run_test(&c, handle, payload).await
+            })
+            .await
+    }
+
+    async fn collect_artifacts(
+        &self,
+        ctx: &RunContext,
+        handle: &RunnerHandle,
+        payload: &TestPayload,
+    ) -> Result<ArtifactBundle, ArtifactError> {
+        self.layer
+            .around(ctx, |c| async move {
+                self.inner.collect_artifacts(&c, handle, payload).await
+            })
+            .await
+    }
+
+    async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
+        self.layer
+            .around(
+                ctx,
+                |c| async move { self.inner.teardown(&c, handle).await },
+            )
+            .await
+    }
+
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+        self.layer
+            .around_list(ctx, |c| async move { self.inner.list_owned(&c).await })
+            .await
+    }
+}
+
+/// The per-phase limits the time limit applies.
 #[derive(Debug, Clone, Copy)]
 pub struct PhaseLimits {
     /// Provision limit.
     pub provision: Duration,
-    /// Run limit.
+    /// Run limit (a payload's own `timeout_seconds` may be shorter).
     pub run_test: Duration,
     /// Collect limit.
     pub collect_artifacts: Duration,
-    /// Teardown limit.
+    /// Teardown limit (also bounds `list_owned`).
     pub teardown: Duration,
-    /// How long a backend may take to wind down after its phase timed out.
+    /// How long a backend may take to wind down after its phase ran out of
+    /// time; what it returns within it is used.
     pub grace: Duration,
 }
+
+/// The grace a backend gets to stop after a phase ran out of time.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 impl PhaseLimits {
     /// The same `limit` for every phase, and `grace` to wind down.
@@ -75,116 +206,28 @@ impl PhaseLimits {
             run_test: config.phase_timeout(RunTest),
             collect_artifacts: config.phase_timeout(CollectArtifacts),
             teardown: config.phase_timeout(Teardown),
-            grace: Duration::from_secs(5),
+            grace: DEFAULT_GRACE,
         }
     }
 }
 
-impl Layered {
-    /// Wrap `inner`.
-    pub fn new(inner: Arc<dyn RunnerAdapter>, timeouts: PhaseLimits, metrics: Metrics) -> Self {
-        Self {
-            backend: inner.runner_type().to_owned(),
-            inner,
-            timeouts,
-            metrics,
-        }
-    }
-
-    /// The wrapped adapter.
-    pub fn inner(&self) -> &Arc<dyn RunnerAdapter> {
-        &self.inner
-    }
-
-    async fn guard<P, T, F, Fut>(
-        &self,
-        limit: Duration,
-        ctx: &RunContext,
-        call: F,
-    ) -> Result<T, RunnerError<P>>
-    where
-        P: PhaseMarker,
-        F: FnOnce(RunContext) -> Fut,
-        Fut: Future<Output = Result<T, RunnerError<P>>>,
-    {
-        let phase_ctx = ctx.child();
-        let token = phase_ctx.cancel_token().clone();
-        let fut = call(phase_ctx);
-        instrument::instrumented(
-            &self.metrics,
-            &self.backend,
-            ctx,
-            context::with_backend(
-                &self.backend,
-                timeout::with_timeout(
-                    limit,
-                    self.timeouts.grace,
-                    ctx,
-                    token,
-                    panic::catch_panic(ctx, fut),
-                ),
-            ),
-        )
-        .await
-    }
-}
-
-#[runner_core::async_trait]
-impl RunnerAdapter for Layered {
-    fn runner_type(&self) -> &str {
-        &self.backend
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn provision(
-        &self,
-        ctx: &RunContext,
-        bench: &BenchSpec,
-    ) -> Result<RunnerHandle, ProvisionError> {
-        self.guard(self.timeouts.provision, ctx, |c| async move {
-            self.inner.provision(&c, bench).await
-        })
-        .await
-    }
-
-    async fn run_test(
-        &self,
-        ctx: &RunContext,
-        handle: &RunnerHandle,
-        payload: &TestPayload,
-    ) -> Result<TestResult, ExecutionError> {
-        self.guard(self.timeouts.run_test, ctx, |c| async move {
-            self.inner.run_test(&c, handle, payload).await
-        })
-        .await
-    }
-
-    async fn collect_artifacts(
-        &self,
-        ctx: &RunContext,
-        handle: &RunnerHandle,
-        payload: &TestPayload,
-    ) -> Result<ArtifactBundle, ArtifactError> {
-        self.guard(self.timeouts.collect_artifacts, ctx, |c| async move {
-            self.inner.collect_artifacts(&c, handle, payload).await
-        })
-        .await
-    }
-
-    async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
-        self.guard(self.timeouts.teardown, ctx, |c| async move {
-            self.inner.teardown(&c, handle).await
-        })
-        .await
-    }
-
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
-        self.guard(self.timeouts.teardown, ctx, |c| async move {
-            self.inner.list_owned(&c).await
-        })
-        .await
-    }
+/// `inner` with every concern, in the documented order: the one place the
+/// stack is composed.
+pub fn stack(
+    inner: Arc<dyn RunnerAdapter>,
+    limits: PhaseLimits,
+    metrics: Metrics,
+) -> Arc<dyn RunnerAdapter> {
+    let backend = inner.runner_type().to_owned();
+    let guarded: Arc<dyn RunnerAdapter> = Arc::new(Wrapped::new(inner, panic::PanicGuard));
+    let limited: Arc<dyn RunnerAdapter> =
+        Arc::new(Wrapped::new(guarded, timeout::TimeLimit::new(limits)));
+    let named: Arc<dyn RunnerAdapter> = Arc::new(Wrapped::new(
+        limited,
+        context::ErrorContext::new(backend.clone()),
+    ));
+    Arc::new(Wrapped::new(
+        named,
+        instrument::Instrument::new(metrics, backend),
+    ))
 }

@@ -38,6 +38,14 @@ pub struct AttemptRecord {
     pub message: String,
     /// When (milliseconds since the Unix epoch).
     pub at_ms: u64,
+    /// Whether the attempt counts against the runner's retries (a release
+    /// at shutdown or a deferral does not).
+    #[serde(default = "counted_default")]
+    pub counted: bool,
+}
+
+fn counted_default() -> bool {
+    true
 }
 
 /// A leased task: invisible to other workers until settled or expired.
@@ -50,8 +58,14 @@ pub struct Lease {
     /// Why the body could not even be read as text (bytes that are not
     /// UTF-8): such a task is dead-lettered with this reason.
     pub body_error: Option<String>,
-    /// This delivery's attempt number (1-based).
+    /// This delivery's attempt number (1-based): deliveries, less those
+    /// given back (releases, deferrals). A worker that dies mid-run counts.
     pub attempt: u32,
+    /// Earlier attempts that ended and count against the runner's
+    /// retries (failures); deliveries whose worker died are not among them
+    /// where the queue keeps a history (SQLite, PostgreSQL). SQS keeps
+    /// none, so there it is `attempt - 1`.
+    pub failures: u32,
     /// Proves this lease is still the current one when settling.
     pub token: String,
     /// Earlier attempts.

@@ -376,6 +376,7 @@ impl TaskQueue for SqsQueue {
             task_id: m.message_id().unwrap_or_default().to_string(),
             body: m.body().unwrap_or_default().to_string(),
             attempt: receive_count(&m),
+            failures: receive_count(&m).saturating_sub(1),
             token: m.receipt_handle().unwrap_or_default().to_string(),
             history: Vec::new(),
             attributes,

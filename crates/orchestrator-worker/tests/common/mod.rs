@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_worker::engine::EngineSettings;
-use orchestrator_worker::layers::{Layered, PhaseLimits};
+use orchestrator_worker::layers::{PhaseLimits, stack};
 use orchestrator_worker::policy::Backoff;
 use orchestrator_worker::{Engine, Metrics};
 use runner_core::RunnerAdapter;
@@ -28,14 +28,15 @@ pub fn layered_engine(
     retries: u32,
     worker_id: &str,
 ) -> Engine {
-    let layered = Layered::new(adapter, PhaseLimits::uniform(limit, grace), Metrics::new());
+    let layered = stack(adapter, PhaseLimits::uniform(limit, grace), Metrics::new());
     Engine::new(
-        Arc::new(layered),
+        layered,
         EngineSettings {
             retries,
             backoff: fast_backoff(),
             worker_id: worker_id.into(),
             stale_after: Duration::from_secs(60),
+            max_concurrency: None,
         },
     )
 }

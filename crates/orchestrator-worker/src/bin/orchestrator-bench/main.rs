@@ -78,6 +78,7 @@ fn spawn_lifecycle(
                 bench: &bench,
                 payload: &payload,
                 observer: None,
+                hurry: None,
             })
             .await;
         drop(permit);

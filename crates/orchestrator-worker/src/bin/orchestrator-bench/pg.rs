@@ -73,7 +73,9 @@ pub async fn pg_queue() -> Result<(), String> {
     let mut workers = Vec::new();
     let mut first = None;
     for _ in 0..3 {
-        let pg = PgStore::connect(&section).await.map_err(|e| e.to_string())?;
+        let pg = PgStore::connect(&section)
+            .await
+            .map_err(|e| e.to_string())?;
         let backends = Backends {
             queue: Arc::new(pg.clone()),
             store: Arc::new(pg),
@@ -136,7 +138,10 @@ pub async fn pg_queue() -> Result<(), String> {
             tokio::spawn(conn);
             for _ in (lane..TASKS).step_by(3) {
                 let id: i64 = c
-                    .query_one("INSERT INTO t (body, state) VALUES ($1, 'ready') RETURNING id", &[&body])
+                    .query_one(
+                        "INSERT INTO t (body, state) VALUES ($1, 'ready') RETURNING id",
+                        &[&body],
+                    )
                     .await
                     .map_err(|e| e.to_string())?
                     .get(0);

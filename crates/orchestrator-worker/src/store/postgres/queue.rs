@@ -193,14 +193,18 @@ impl TaskQueue for PgStore {
             .iter()
             .map(|r| {
                 let history: String = r.get(3);
+                let history: Vec<AttemptRecord> =
+                    serde_json::from_str(&history).unwrap_or_default();
                 let attributes: String = r.get(4);
                 Lease {
                     task_id: r.get::<_, i64>(0).to_string(),
                     body: r.get(1),
                     body_error: None,
                     attempt: u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
+                    failures: u32::try_from(history.iter().filter(|r| r.counted).count())
+                        .unwrap_or(u32::MAX),
                     token: token.clone(),
-                    history: serde_json::from_str(&history).unwrap_or_default(),
+                    history,
                     attributes: serde_json::from_str(&attributes).unwrap_or_default(),
                 }
             })
@@ -253,7 +257,13 @@ impl TaskQueue for PgStore {
         record: AttemptRecord,
         count_attempt: bool,
     ) -> Result<()> {
-        let history = history_with(lease, record);
+        let history = history_with(
+            lease,
+            AttemptRecord {
+                counted: count_attempt,
+                ..record
+            },
+        );
         let give_back: i64 = if count_attempt { 0 } else { 1 };
         self.settle(
             lease,

@@ -52,7 +52,12 @@ impl Store for PgStore {
             .prepare_cached("SELECT 1 FROM journal WHERE execution_key = $1 AND state = 'live'")
             .await
             .map_err(pg_err)?;
-        if client.query_opt(&any, &[&key]).await.map_err(pg_err)?.is_none() {
+        if client
+            .query_opt(&any, &[&key])
+            .await
+            .map_err(pg_err)?
+            .is_none()
+        {
             return Ok(Claim::Fresh);
         }
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -103,7 +108,13 @@ impl Store for PgStore {
         let row = client
             .query_one(
                 &stmt,
-                &[&key, &handle.handle_id(), &handle.runner_type(), &handle.to_json(), &worker],
+                &[
+                    &key,
+                    &handle.handle_id(),
+                    &handle.runner_type(),
+                    &handle.to_json(),
+                    &worker,
+                ],
             )
             .await
             .map_err(|e| {

@@ -110,13 +110,16 @@ fn lease_rows(
             Ok(body) => (body, None),
             Err(problem) => (String::new(), Some(format!("the task body {problem}"))),
         };
+        let history: Vec<AttemptRecord> = serde_json::from_str(&history).unwrap_or_default();
         leases.push(Lease {
             task_id: id.to_string(),
             body,
             body_error,
             attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+            failures: u32::try_from(history.iter().filter(|r| r.counted).count())
+                .unwrap_or(u32::MAX),
             token: token.to_owned(),
-            history: serde_json::from_str(&history).unwrap_or_default(),
+            history,
             attributes: attributes
                 .and_then(|a| serde_json::from_str(&a).ok())
                 .unwrap_or_default(),
@@ -275,7 +278,13 @@ impl TaskQueue for SqliteStore {
         count_attempt: bool,
     ) -> Result<()> {
         let lease = lease.clone();
-        let history = history_with(&lease, record);
+        let history = history_with(
+            &lease,
+            AttemptRecord {
+                counted: count_attempt,
+                ..record
+            },
+        );
         self.with(move |c| {
             let now = now();
             let at = now.saturating_add(millis(delay));
