@@ -12,11 +12,13 @@ pub mod queue;
 pub mod reaper;
 pub mod recorder;
 pub mod report;
+pub mod results;
 pub mod serve;
 pub mod store;
 pub mod submit;
 pub mod task;
 pub mod telemetry;
+pub mod validate;
 
 pub use engine::{Engine, EngineSettings, Execution, ExecutionOutcome};
 pub use factory::RunnerFactory;

@@ -6,8 +6,8 @@ use runner_core::{ArtifactBundle, ArtifactLocation, TestResult, TestStatus};
 use crate::engine::ExecutionOutcome;
 use crate::policy::Disposition;
 use crate::store::{
-    AttemptDetail, AttemptError, ExecState, NewExecution, RecordedArtifact, RecordedResult,
-    Settlement,
+    AttemptDetail, AttemptError, ExecState, NewExecution, RecordedArtifact, RecordedCase,
+    RecordedResult, Settlement,
 };
 use crate::task::Task;
 
@@ -108,6 +108,52 @@ pub fn recorded_artifacts(bundle: Option<&ArtifactBundle>) -> Vec<RecordedArtifa
         .unwrap_or_default()
 }
 
+/// The suite's own test cases, from the JUnit reports among the collected
+/// artifacts (local `.xml` files that parse as JUnit; others are skipped),
+/// and their counts. Reads files off the runtime threads.
+pub async fn suite_cases(
+    bundle: Option<&ArtifactBundle>,
+) -> (Vec<RecordedCase>, Option<runner_core::TestCounts>) {
+    let paths: Vec<std::path::PathBuf> = bundle
+        .map(|b| {
+            b.artifacts
+                .iter()
+                .filter(|a| a.name.ends_with(".xml"))
+                .filter_map(|a| match &a.location {
+                    ArtifactLocation::Local(p) => Some(p.clone()),
+                    ArtifactLocation::Uri(_) => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if paths.is_empty() {
+        return (Vec::new(), None);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut cases = Vec::new();
+        let mut counts: Option<runner_core::TestCounts> = None;
+        for path in paths {
+            match crate::junit::parse_report(&path) {
+                Ok((found, c)) => {
+                    let total = counts.get_or_insert_with(Default::default);
+                    total.passed += c.passed;
+                    total.failed += c.failed;
+                    total.skipped += c.skipped;
+                    cases.extend(found);
+                    if cases.len() > crate::junit::MAX_CASES {
+                        cases.truncate(crate::junit::MAX_CASES);
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "an .xml artifact is not a JUnit report"),
+            }
+        }
+        (cases, counts)
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// The settlement of an execution that ended with `disposition` (ack or
 /// dead letter), or `None` when it goes back to the queue.
 pub fn settlement(
@@ -116,6 +162,7 @@ pub fn settlement(
     detail: AttemptDetail,
     disposition: &Disposition,
     dead_letter_reason: Option<&str>,
+    suite: (Vec<RecordedCase>, Option<runner_core::TestCounts>),
 ) -> Option<Settlement> {
     let (state, error) = match disposition {
         Disposition::Ack => match &outcome.result {
@@ -133,14 +180,22 @@ pub fn settlement(
             return None;
         }
     };
+    let (cases, counts) = suite;
+    let mut result = outcome.result.as_ref().map(recorded_result);
+    if let Some(r) = result.as_mut()
+        && counts.is_some()
+    {
+        // The suite's own counts, from its JUnit.
+        r.counts = counts;
+    }
     Some(Settlement {
         new,
         state,
         at_ms: crate::store::now_ms(),
         attempt: Some(detail),
-        result: outcome.result.as_ref().map(recorded_result),
+        result,
         artifacts: recorded_artifacts(outcome.artifacts.as_ref()),
-        cases: Vec::new(),
+        cases,
         error,
     })
 }

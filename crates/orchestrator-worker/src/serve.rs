@@ -473,6 +473,23 @@ impl Worker {
                 .await;
         }
 
+        // The checks submit made, again: a task may come from anywhere.
+        let check = crate::validate::runner_type(Some(&task.runner), &task.bench).and_then(|_| {
+            let ctx = RunContext::new(&task.execution_key, task.correlation())
+                .with_execution_key(&task.execution_key);
+            crate::validate::task(&**served.engine.adapter(), &ctx, &task.bench, &task.payload)
+        });
+        if let Err(invalid) = check {
+            let reason = format!("invalid_spec: {invalid}");
+            return self
+                .settle_bad(&lease, Some(&task), &task.runner, &reason)
+                .await;
+        }
+        // A queue that cannot take a task back (SQS) may deliver one whose
+        // cancel was asked for while it waited.
+        if !self.queue.keeps_records() && self.cancel_was_requested(&task.execution_key).await {
+            return self.settle_cancelled(&lease, &task).await;
+        }
         let new = new_execution(&task);
         let backend = BackendLabels {
             backend: task.runner.clone(),
@@ -588,12 +605,14 @@ impl Worker {
             (Disposition::DeadLetter { reason }, None) => Some(reason.clone()),
             _ => None,
         };
+        let suite = crate::report::suite_cases(outcome.artifacts.as_ref()).await;
         let mut update = match settlement(
             new.clone(),
             &outcome,
             detail.clone(),
             &disposition,
             dead_reason.as_deref(),
+            suite,
         ) {
             Some(mut s) => {
                 if cancelled_by_request && s.state != ExecState::DeadLettered {
@@ -741,6 +760,28 @@ impl Worker {
                 other => return other,
             }
         }
+    }
+
+    /// Ack a task whose cancel was asked for before it ran.
+    async fn settle_cancelled(&self, lease: &Lease, task: &Task) -> Disposition {
+        let update = RecordUpdate::Settled(Box::new(crate::store::Settlement {
+            new: new_execution(task),
+            state: ExecState::Cancelled,
+            at_ms: now_ms(),
+            attempt: None,
+            result: None,
+            artifacts: Vec::new(),
+            cases: Vec::new(),
+            error: Some("cancelled before it ran".into()),
+        }));
+        if let Err(e) = self.recorder.commit(update).await {
+            tracing::warn!(error = %e, "cannot record a cancelled task");
+        }
+        if let Err(e) = self.queue.ack(lease, "{\"cancelled\":true}").await {
+            tracing::warn!(error = %e, "cannot ack a cancelled task");
+        }
+        self.metrics.execution(&task.runner, "ack");
+        Disposition::Ack
     }
 
     async fn settle_bad(

@@ -311,7 +311,27 @@ fn dlq_commands_metrics_endpoint_and_backends() {
         "--payload",
         payload.to_str().unwrap(),
     ]);
-    assert!(out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "an unknown runner is refused at submit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    // A task queued by something that skipped that check (an older worker,
+    // another fleet's submitter) still goes to the DLQ with the reason.
+    let task: orchestrator_worker::task::Task = serde_json::from_value(serde_json::json!({
+        "execution_key": "dlq-1",
+        "runner": "nope",
+        "payload": {"name": "p", "command": ["true"]},
+    }))
+    .unwrap();
+    block_on(TaskQueue::submit(
+        &s.store(),
+        &task,
+        &orchestrator_worker::report::new_execution(&task),
+    ))
+    .unwrap();
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()

@@ -122,6 +122,25 @@ pub trait RunnerAdapter: Send + Sync + Debug + 'static {
     /// What this backend supports.
     fn capabilities(&self) -> Capabilities;
 
+    /// Check `bench` and `payload` for this backend without making anything:
+    /// its own sections decoded (unknown keys refused), its rules applied.
+    /// The worker calls it before a task is queued (`submit`, `validate`)
+    /// and before provisioning; the first problem is an `invalid_spec`
+    /// error naming the field.
+    ///
+    /// # Behavior
+    /// - Makes no call to the outside and creates nothing.
+    /// - The default accepts everything; `provision` still checks.
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        let _ = (ctx, bench, payload);
+        Ok(())
+    }
+
     /// Acquire an execution environment for `bench`.
     ///
     /// # Behavior

@@ -34,6 +34,11 @@ pub struct BenchSpec {
     /// A human name for the bench (shown in logs and reports).
     #[serde(default)]
     pub name: String,
+    /// The runner type the bench needs (`onprem`, `ec2`...). The worker's
+    /// factory chooses the backend by it; `submit --runner` may then be
+    /// left out, and is checked against it when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
     /// Labels for selection and tagging.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

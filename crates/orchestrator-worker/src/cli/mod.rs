@@ -17,9 +17,11 @@
 //! 3 cancelled, 4 bad input (command line, config, bench, payload).
 
 mod admin;
-mod queue_cmds;
+mod dlq;
+mod results_cmds;
 mod run;
 mod serve;
+mod submit_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -108,10 +110,25 @@ enum Command {
     Run(run::RunArgs),
     /// Consume the queue until SIGTERM or SIGINT, then drain.
     Serve(serve::ServeArgs),
-    /// Put a task on the queue.
-    Submit(queue_cmds::SubmitArgs),
+    /// Validate and queue a task (or a batch); with --wait, follow it to its
+    /// result and exit with run's codes.
+    Submit(submit_cmd::SubmitArgs),
+    /// One execution: its state timeline, attempts and result.
+    Status(results_cmds::StatusArgs),
+    /// Executions, newest first, filtered.
+    History(results_cmds::HistoryArgs),
+    /// The collected log of an execution.
+    Logs(results_cmds::LogsArgs),
+    /// The artifacts of an execution (--download DIR verifies sha256).
+    Artifacts(results_cmds::ArtifactsArgs),
+    /// Cancel an execution (or a correlation id's): removed when queued,
+    /// stopped within seconds when running; collect and teardown still run.
+    Cancel(results_cmds::CancelArgs),
+    /// Check configs, a bench and a payload as submit and provision would,
+    /// before anything is queued.
+    Validate(results_cmds::ValidateArgs),
     /// Inspect or replay the dead-letter queue.
-    Dlq(queue_cmds::DlqArgs),
+    Dlq(dlq::DlqArgs),
     /// Tear down handles whose worker died, and leaks backends report.
     Reap(admin::ReapArgs),
     /// Apply the store's schema migrations (serve and submit do it too).
@@ -203,8 +220,14 @@ async fn dispatch(command: Command, make: MakeFactory) -> CliResult {
     match command {
         Command::Run(args) => run::run(args, make).await,
         Command::Serve(args) => serve::serve(args, make).await,
-        Command::Submit(args) => queue_cmds::submit(args).await,
-        Command::Dlq(args) => queue_cmds::dlq(args).await,
+        Command::Submit(args) => submit_cmd::run(args, make).await,
+        Command::Status(args) => results_cmds::status(args).await,
+        Command::History(args) => results_cmds::history(args).await,
+        Command::Logs(args) => results_cmds::logs(args).await,
+        Command::Artifacts(args) => results_cmds::artifacts(args).await,
+        Command::Cancel(args) => results_cmds::cancel_cmd(args).await,
+        Command::Validate(args) => results_cmds::validate(args, make).await,
+        Command::Dlq(args) => dlq::dlq(args).await,
         Command::Reap(args) => admin::reap(args, make).await,
         Command::Migrate(args) => admin::migrate(args).await,
         Command::Workers(args) => admin::workers(args).await,

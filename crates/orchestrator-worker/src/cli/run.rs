@@ -65,6 +65,10 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
     let adapter = factory
         .create(&config)
         .map_err(|e| CliError::usage(e.to_string()))?;
+    let ctx = RunContext::new("validate", "validate");
+    crate::validate::runner_type(Some(&config.runner_type), &bench)
+        .and_then(|_| crate::validate::task(&*adapter, &ctx, &bench, &payload))
+        .map_err(|e| CliError::usage(e.to_string()))?;
     let store_path = args.store.clone().unwrap_or_else(|| {
         config
             .artifacts_dir
@@ -217,19 +221,11 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
     let _ = store.worker_gone(&worker_id).await;
     print_summary(&outcome, &store_path, args.config.as_deref());
     if let Some(path) = &args.junit {
-        let name = if payload.name.is_empty() {
-            "test"
-        } else {
-            payload.name.as_str()
-        };
-        let xml = junit::render(
-            &config.runner_type,
-            &[junit::Case {
-                name,
-                outcome: &outcome,
-            }],
-        );
-        std::fs::write(path, xml)
+        let record = store
+            .execution(&execution_id)
+            .await?
+            .ok_or_else(|| CliError::infra(format!("the record of {execution_id} is missing")))?;
+        std::fs::write(path, junit::render(&[record]))
             .map_err(|e| CliError::infra(format!("cannot write {}: {e}", path.display())))?;
         eprintln!("» JUnit report: {}", path.display());
     }
@@ -247,7 +243,8 @@ async fn record(store: &dyn Store, new: NewExecution, outcome: &ExecutionOutcome
     };
     let detail = attempt_detail(1, worker, outcome, &disposition);
     let reason = outcome.failure.as_ref().map(|f| f.message.clone());
-    if let Some(mut s) = settlement(new, outcome, detail, &disposition, reason.as_deref()) {
+    let suite = crate::report::suite_cases(outcome.artifacts.as_ref()).await;
+    if let Some(mut s) = settlement(new, outcome, detail, &disposition, reason.as_deref(), suite) {
         if outcome.result.is_none() {
             s.state = crate::store::ExecState::Error;
         }

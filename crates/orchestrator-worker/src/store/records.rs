@@ -289,6 +289,13 @@ pub enum RecordUpdate {
     },
     /// The execution settled.
     Settled(Box<Settlement>),
+    /// A settled execution is on its way again (a dead letter replayed).
+    Reopened {
+        /// The execution key.
+        key: String,
+        /// Why.
+        message: String,
+    },
     /// A cancel was asked for.
     CancelRequested {
         /// The execution key.
@@ -305,9 +312,9 @@ impl RecordUpdate {
     pub fn key(&self) -> &str {
         match self {
             RecordUpdate::State { new, .. } => &new.key,
-            RecordUpdate::AttemptEnded { key, .. } | RecordUpdate::CancelRequested { key, .. } => {
-                key
-            }
+            RecordUpdate::AttemptEnded { key, .. }
+            | RecordUpdate::CancelRequested { key, .. }
+            | RecordUpdate::Reopened { key, .. } => key,
             RecordUpdate::Settled(s) => &s.new.key,
         }
     }

@@ -224,6 +224,7 @@ pub(super) async fn apply<C: GenericClient>(c: &C, update: &RecordUpdate) -> Res
             .await?;
             Ok(())
         }
+        RecordUpdate::Reopened { key, message } => reopen(c, key, message).await,
         RecordUpdate::CancelRequested { key, at_ms, by } => {
             exec(
                 c,

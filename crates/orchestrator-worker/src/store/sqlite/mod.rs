@@ -389,31 +389,48 @@ fn tighten(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Apply the migrations the file lacks, each in its own transaction;
-/// refuse a file from a newer program.
+/// Apply the migrations the file lacks, all under one write lock so two
+/// processes opening a new file at once (a `serve` and a `submit`) do not
+/// both run them; refuse a file from a newer program.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-    let found: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(store_err)?;
+    let version = |conn: &Connection| -> Result<i64, StoreError> {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(store_err)
+    };
+    let found = version(conn)?;
     if found > known {
         return Err(StoreError::SchemaTooNew { found, known });
     }
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
-        let version = i + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-        ))
-        .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            store_err(format!("migration {version} failed: {e}"))
-        })?;
+    if found == known {
+        return Ok(());
     }
-    Ok(())
+    // The version is read again once the lock is held: another process may
+    // have migrated between the first look and the lock.
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(store_err)?;
+    let result = (|| {
+        let found = version(conn)?;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(found).unwrap_or(0))
+        {
+            let version = i + 1;
+            conn.execute_batch(&format!("{sql}\nPRAGMA user_version = {version};"))
+                .map_err(|e| store_err(format!("migration {version} failed: {e}")))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(store_err),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

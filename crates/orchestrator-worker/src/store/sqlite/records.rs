@@ -205,6 +205,7 @@ pub(super) fn apply(c: &Connection, update: &RecordUpdate) -> Result<()> {
                 &message,
             )
         }
+        RecordUpdate::Reopened { key, message } => reopen(c, key, super::now(), message),
         RecordUpdate::CancelRequested { key, at_ms, by } => {
             let at = to_i64(*at_ms);
             let changed = c
