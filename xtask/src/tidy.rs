@@ -76,4 +76,93 @@ mod tests {
         }
         assert!(found.is_empty(), "debug output in library code: {found:#?}");
     }
+
+    /// Every file, directory, type and function ARCHITECTURE.md names in
+    /// backticks exists: paths (from the root, the worker crate or its
+    /// `src/`), `a::b` paths (their last segment is defined somewhere) and
+    /// CamelCase names (a struct, enum, trait or type of that name).
+    #[test]
+    fn architecture_names_what_exists() {
+        let root = super::super::project_root();
+        let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap_or_default();
+        assert!(!text.is_empty(), "ARCHITECTURE.md is missing");
+        let mut all = String::new();
+        for file in sources() {
+            all.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+        }
+        let defined = |name: &str| {
+            [
+                "fn ",
+                "struct ",
+                "enum ",
+                "trait ",
+                "type ",
+                "mod ",
+                "macro_rules! ",
+            ]
+            .iter()
+            .any(|kw| {
+                let needle = format!("{kw}{name}");
+                all.match_indices(&needle).any(|(i, _)| {
+                    all[i + needle.len()..]
+                        .chars()
+                        .next()
+                        .is_some_and(|c| !c.is_alphanumeric() && c != '_')
+                })
+            })
+        };
+        let mut stale = Vec::new();
+        let mut in_code_block = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code_block = !in_code_block;
+                continue;
+            }
+            if in_code_block {
+                continue;
+            }
+            for (i, token) in line.split('`').enumerate() {
+                if i % 2 == 0 || token.is_empty() || token.contains(' ') {
+                    continue;
+                }
+                let looks_like_path = token.contains('/')
+                    && (token.ends_with('/')
+                        || token.rsplit('/').next().is_some_and(|f| f.contains('.')));
+                if looks_like_path {
+                    let rel = token.trim_end_matches('/');
+                    let exists = [
+                        root.clone(),
+                        root.join("crates/orchestrator-worker"),
+                        root.join("crates/orchestrator-worker/src"),
+                    ]
+                    .iter()
+                    .any(|base| base.join(rel).exists());
+                    if !exists {
+                        stale.push(format!("path `{token}`"));
+                    }
+                } else if token.contains("::") {
+                    let last = token
+                        .rsplit("::")
+                        .next()
+                        .unwrap_or(token)
+                        .trim_end_matches("()");
+                    let is_ident =
+                        !last.is_empty() && last.chars().all(|c| c.is_alphanumeric() || c == '_');
+                    if is_ident && !defined(last) {
+                        stale.push(format!("`{token}`"));
+                    }
+                } else if token.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                    && token.chars().any(|c| c.is_ascii_lowercase())
+                    && token.chars().all(|c| c.is_alphanumeric())
+                    && !defined(token)
+                {
+                    stale.push(format!("`{token}`"));
+                }
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "ARCHITECTURE.md names what does not exist: {stale:#?}"
+        );
+    }
 }

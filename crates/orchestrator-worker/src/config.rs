@@ -346,7 +346,11 @@ impl WorkerConfig {
         let config: Self =
             runner_core::spec::from_yaml_str(text, "worker config").map_err(|e| {
                 ConfigError::Key {
-                    key: e.field,
+                    key: if e.field == "." {
+                        "(document)".into()
+                    } else {
+                        e.field
+                    },
                     message: e.message,
                 }
             })?;
@@ -356,11 +360,17 @@ impl WorkerConfig {
 
     /// Read a YAML file; relative paths in it are relative to the file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let text = runner_core::doc::read_yaml(path).map_err(|e| match e {
+            runner_core::doc::DocError::Io { origin, message } => ConfigError::Io {
+                path: origin,
+                message,
+            },
+            other => ConfigError::Document(other),
         })?;
-        let mut config = Self::from_yaml_str(&text)?;
+        let mut config = Self::from_yaml_str(&text).map_err(|e| ConfigError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
         if let Some(base) = path.parent() {
             if config.queue.path.is_relative() {
                 config.queue.path = base.join(&config.queue.path);
@@ -395,6 +405,16 @@ impl WorkerConfig {
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.concurrency > runner_core::config::MAX_CONCURRENCY {
+            return Err(invalid(
+                "worker.concurrency",
+                &format!(
+                    "{} is more than the maximum of {}",
+                    self.worker.concurrency,
+                    runner_core::config::MAX_CONCURRENCY
+                ),
+            ));
         }
         if self.worker.visibility_seconds == 0 {
             return Err(invalid(

@@ -13,6 +13,7 @@ pub mod reaper;
 pub mod recorder;
 pub mod report;
 pub mod results;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod submit;

@@ -474,17 +474,32 @@ impl Worker {
         }
 
         // The checks submit made, again: a task may come from anywhere.
-        let check = crate::validate::runner_type(Some(&task.runner), &task.bench).and_then(|_| {
-            let ctx = RunContext::new(&task.execution_key, task.correlation())
-                .with_execution_key(&task.execution_key);
-            crate::validate::task(&**served.engine.adapter(), &ctx, &task.bench, &task.payload)
-        });
+        let check = crate::validate::ids(&task)
+            .and_then(|_| crate::validate::runner_type(Some(&task.runner), &task.bench))
+            .and_then(|_| {
+                let ctx = RunContext::new(&task.execution_key, task.correlation())
+                    .with_execution_key(&task.execution_key);
+                crate::validate::task(&**served.engine.adapter(), &ctx, &task.bench, &task.payload)
+                    .and_then(|_| {
+                        crate::validate::allowed(&served.config, &task.bench, &task.payload, true)
+                    })
+            });
         if let Err(invalid) = check {
             let reason = format!("invalid_spec: {invalid}");
             return self
                 .settle_bad(&lease, Some(&task), &task.runner, &reason)
                 .await;
         }
+        // Secret references resolve here, in this worker's memory only.
+        let resolved = match crate::secrets::resolve(&task.payload) {
+            Ok(payload) => payload,
+            Err(e) => {
+                let reason = format!("{}: {e}", e.kind);
+                return self
+                    .settle_bad(&lease, Some(&task), &task.runner, &reason)
+                    .await;
+            }
+        };
         // A queue that cannot take a task back (SQS) may deliver one whose
         // cancel was asked for while it waited.
         if !self.queue.keeps_records() && self.cancel_was_requested(&task.execution_key).await {
@@ -527,7 +542,7 @@ impl Worker {
             .with_attempt(lease.attempt)
             .with_worker(&self.id)
             .with_cancel(run_token.clone())
-            .with_log_sink(sink.with_redactor(task.payload.redactor()));
+            .with_log_sink(sink.with_redactor(resolved.redactor()));
         // One trace per execution: this span is the parent of the four
         // phase spans, and the child of the submitter's span when the task
         // carried a trace context.
@@ -566,7 +581,7 @@ impl Worker {
             .execute(Execution {
                 ctx,
                 bench: &task.bench,
-                payload: &task.payload,
+                payload: &resolved,
                 observer: Some(observer),
                 hurry,
             })

@@ -56,6 +56,14 @@ impl Task {
 
     /// Parse a queue message body.
     pub fn parse(body: &str) -> Result<Self, BadTask> {
+        // The same size limit as a file (serde_json bounds nesting itself).
+        let limit = runner_core::doc::max_bytes();
+        if body.len() > limit {
+            return Err(BadTask(format!(
+                "the body is larger than the limit of {limit} bytes (set {} to change it)",
+                runner_core::doc::MAX_BYTES_ENV
+            )));
+        }
         let mut de = serde_json::Deserializer::from_str(body);
         let task: Task = parse_strict(&mut de)?;
         if task.execution_key.trim().is_empty() {

@@ -25,6 +25,19 @@ impl Invalid {
     }
 }
 
+/// The longest payload name accepted.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// `text` for a message: control characters escaped, so a name cannot
+/// move the cursor or recolour the terminal that shows the error.
+pub fn shown(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.escape_debug().to_string()
+    } else {
+        text.to_owned()
+    }
+}
+
 /// The runner type a task runs on: `asked` (a `--runner` flag) or the
 /// bench's `runner`, which must agree when both are given.
 pub fn runner_type(asked: Option<&str>, bench: &BenchSpec) -> Result<String, Invalid> {
@@ -53,6 +66,58 @@ pub fn payload_common(payload: &TestPayload) -> Result<(), Invalid> {
             "must be at least 1 (leave it out for no limit of its own)",
         ));
     }
+    if let Some(n) = payload
+        .timeout_seconds
+        .filter(|n| *n > runner_core::config::MAX_TIMEOUT_SECONDS)
+    {
+        return Err(Invalid::new(
+            "payload.timeout_seconds",
+            format!(
+                "{n} is more than the maximum of {} (7 days)",
+                runner_core::config::MAX_TIMEOUT_SECONDS
+            ),
+        ));
+    }
+    if payload.name.len() > MAX_NAME_BYTES {
+        return Err(Invalid::new(
+            "payload.name",
+            format!("is longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    // No process can be given a NUL in its argv or environment: these are
+    // input errors, never something a retry could fix.
+    for (i, arg) in payload.command.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(Invalid::new(
+                format!("payload.command[{i}]"),
+                "contains a NUL byte",
+            ));
+        }
+    }
+    for (name, value) in &payload.env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(Invalid::new(
+                "payload.env",
+                format!(
+                    "{} is not a valid variable name (it must be non-empty, without `=` or NUL)",
+                    shown(name)
+                ),
+            ));
+        }
+        if value.value().contains('\0') {
+            return Err(Invalid::new(
+                format!("payload.env.{}", shown(name)),
+                "the value contains a NUL byte",
+            ));
+        }
+    }
+    if let Some(dir) = &payload.working_dir {
+        runner_core::safe_path::validate_name(dir)
+            .map_err(|e| Invalid::new("payload.working_dir", e.to_string()))?;
+    }
+    if payload.package.as_deref().is_some_and(|p| p.contains('\0')) {
+        return Err(Invalid::new("payload.package", "contains a NUL byte"));
+    }
     for (i, pattern) in payload.artifacts.iter().enumerate() {
         let field = format!("payload.artifacts[{i}]");
         runner_core::safe_path::validate_name(pattern)
@@ -69,6 +134,147 @@ pub fn payload_common(payload: &TestPayload) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The longest execution key, correlation id or label accepted.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The names a task carries: an execution key and a correlation id that
+/// are non-empty, at most [`MAX_ID_BYTES`] and free of control characters
+/// (they end up in file names, tags, logs and terminals), and labels alike.
+pub fn ids(task: &crate::task::Task) -> Result<(), Invalid> {
+    let check = |field: &str, value: &str| -> Result<(), Invalid> {
+        if value.trim().is_empty() {
+            return Err(Invalid::new(field, "must not be empty"));
+        }
+        if value.len() > MAX_ID_BYTES {
+            return Err(Invalid::new(
+                field,
+                format!("is longer than {MAX_ID_BYTES} bytes"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(Invalid::new(
+                field,
+                format!("{} contains a control character", shown(value)),
+            ));
+        }
+        Ok(())
+    };
+    check("key", &task.execution_key)?;
+    check("runner", &task.runner)?;
+    if let Some(id) = &task.correlation_id {
+        check("correlation_id", id)?;
+    }
+    for (name, value) in &task.labels {
+        check("label", name)?;
+        if value.len() > MAX_ID_BYTES || value.chars().any(char::is_control) {
+            return Err(Invalid::new(
+                format!("label.{}", shown(name)),
+                "the value is too long or contains a control character",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The runner config's trust boundary (`allowed:`). `queued` is true for
+/// a task from a queue or a submit: a package from the worker's own disk
+/// then needs `allowed.package_roots` to name its directory.
+pub fn allowed(
+    config: &runner_core::RunnerConfig,
+    bench: &BenchSpec,
+    payload: &TestPayload,
+    queued: bool,
+) -> Result<(), Invalid> {
+    let rules = &config.allowed;
+    let matches = |patterns: &[String], value: &str| {
+        patterns.iter().any(|p| {
+            p == value
+                || globset::Glob::new(p)
+                    .map(|g| g.compile_matcher().is_match(value))
+                    .unwrap_or(false)
+        })
+    };
+    if let Some(commands) = &rules.commands {
+        let program = if payload.shell {
+            "sh"
+        } else {
+            payload.command.first().map(String::as_str).unwrap_or("")
+        };
+        if !matches(commands, program) {
+            return Err(Invalid::new(
+                if payload.shell {
+                    "payload.shell"
+                } else {
+                    "payload.command[0]"
+                },
+                format!(
+                    "`{}` is not in this runner's allowed.commands",
+                    shown(program)
+                ),
+            ));
+        }
+    }
+    if let Some(names) = &rules.env {
+        for name in payload.env.keys() {
+            if !matches(names, name) {
+                return Err(Invalid::new(
+                    format!("payload.env.{}", shown(name)),
+                    "not in this runner's allowed.env",
+                ));
+            }
+        }
+    }
+    if let Some(images) = &rules.images {
+        for (field, section) in [
+            ("bench.backend.image", &bench.backend),
+            ("payload.backend.image", &payload.backend),
+        ] {
+            if let Some(image) = section.get("image").and_then(|v| v.as_str())
+                && !matches(images, image)
+            {
+                return Err(Invalid::new(
+                    field,
+                    format!("`{}` is not in this runner's allowed.images", shown(image)),
+                ));
+            }
+        }
+    }
+    if let Some(package) = payload.package.as_deref().filter(|p| !p.contains("://")) {
+        let path = std::path::Path::new(package);
+        let inside = |roots: &[std::path::PathBuf]| {
+            path.is_absolute()
+                && !path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                && roots.iter().any(|r| path.starts_with(r))
+        };
+        match &rules.package_roots {
+            Some(roots) if !inside(roots) => {
+                return Err(Invalid::new(
+                    "payload.package",
+                    "is not an absolute path under one of this runner's allowed.package_roots",
+                ));
+            }
+            None if queued => {
+                return Err(Invalid::new(
+                    "payload.package",
+                    "a queued task may not name a path on the worker's disk unless the runner \
+                     config lists its directory in allowed.package_roots",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What a task must pass to be stored (submit, batch): [`ids`], and no
+/// literal secret value (it would sit in the queue and the DLQ).
+pub fn queued(task: &crate::task::Task) -> Result<(), Invalid> {
+    ids(task)?;
+    crate::secrets::refuse_literals(&task.payload)
+}
+
 /// Everything a task must pass before it is queued or provisioned:
 /// common payload fields, then `adapter`'s own check of its sections.
 pub fn task(
@@ -78,6 +284,7 @@ pub fn task(
     payload: &TestPayload,
 ) -> Result<(), Invalid> {
     payload_common(payload)?;
+    crate::secrets::check_references(payload, adapter.runner_type())?;
     adapter.validate(ctx, bench, payload).map_err(|e| Invalid {
         field: e.field().unwrap_or("bench").to_owned(),
         message: e.detail(),

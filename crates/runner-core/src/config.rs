@@ -47,6 +47,17 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A document refused before parsing (size, encoding, nesting).
+    #[error(transparent)]
+    Document(#[from] crate::doc::DocError),
+    /// An error found in a file, naming the file.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// What is wrong in it.
+        source: Box<ConfigError>,
+    },
     /// An unknown runner type (raised by the factory, listing the known ones).
     #[error("unknown runner type `{runner_type}`; known types: {}", known.join(", "))]
     UnknownRunnerType {
@@ -102,6 +113,15 @@ pub struct RunnerConfig {
     /// The backend's own section, decoded by the backend.
     #[serde(default)]
     pub backend: serde_json::Value,
+    /// What a task may run on this runner. Unset lists allow everything
+    /// (today's freedom for `run`); a worker serving a shared queue should
+    /// set them.
+    #[serde(default, skip_serializing_if = "Allowed::is_open")]
+    pub allowed: Allowed,
+    /// The environment variables keys came from (dotted key → variable),
+    /// so an error in the backend section names what the user typed.
+    #[serde(skip)]
+    pub origins: std::collections::BTreeMap<String, String>,
 }
 
 fn default_retries() -> u32 {
@@ -116,6 +136,13 @@ fn default_artifacts_dir() -> PathBuf {
 
 /// Retries above this are refused as a likely typo.
 pub const MAX_RETRIES: u32 = 100;
+
+/// The longest time limit of a phase or a test: 7 days. Longer ones are
+/// refused as a likely typo (and would overflow deadline arithmetic).
+pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+/// The most executions of one runner at once in one worker.
+pub const MAX_CONCURRENCY: usize = 10_000;
 
 /// The environment variable prefix read by [`RunnerConfig::from_env`].
 pub const ENV_PREFIX: &str = "ORCHESTRATOR_RUNNER_";
@@ -134,7 +161,37 @@ const KEYS: &[&str] = &[
     "phase_timeouts",
     "max_concurrency",
     "backend",
+    "allowed",
 ];
+
+/// The trust boundary of a runner: what a queued task may ask it to run.
+/// Each list, when set, is a whitelist; a task outside it is refused at
+/// submit and again by the worker, naming the rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowed {
+    /// Programs (`command[0]`, or `sh` for a shell payload) as names or
+    /// globs (`pytest`, `/opt/tests/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Vec<String>>,
+    /// Environment variable names a payload may set (globs: `TEST_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// Directories the local runner may copy a package from. Unset: only
+    /// packages given as URIs the backend fetches; an empty list: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_roots: Option<Vec<PathBuf>>,
+    /// Images (eks, container) as names or globs (`registry.example/tests/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+}
+
+impl Allowed {
+    /// Whether no list is set.
+    pub fn is_open(&self) -> bool {
+        self == &Self::default()
+    }
+}
 
 impl RunnerConfig {
     /// A config for `runner_type` with every default.
@@ -147,11 +204,15 @@ impl RunnerConfig {
             phase_timeouts: PhaseTimeouts::default(),
             max_concurrency: None,
             backend: serde_json::Value::Null,
+            allowed: Allowed::default(),
+            origins: Default::default(),
         }
     }
 
     /// Parse and validate YAML.
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        let text = crate::doc::strip_bom(text);
+        crate::doc::check_yaml(text, "config")?;
         // Syntax first, so a broken document is reported as such and not as
         // the first type mismatch the streaming deserializer happens to meet.
         serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).map_err(|e| ConfigError::Syntax {
@@ -164,13 +225,19 @@ impl RunnerConfig {
         Ok(config)
     }
 
-    /// Read, parse and validate a YAML file.
+    /// Read, parse and validate a YAML file; every error names the file.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let text = crate::doc::read_yaml(path).map_err(|e| match e {
+            crate::doc::DocError::Io { origin, message } => ConfigError::Io {
+                path: origin,
+                message,
+            },
+            other => ConfigError::Document(other),
         })?;
-        Self::from_yaml_str(&text)
+        Self::from_yaml_str(&text).map_err(|e| ConfigError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })
     }
 
     /// Build from dotted `(key, value)` pairs; values are read as YAML scalars,
@@ -238,20 +305,23 @@ impl RunnerConfig {
             }
             pairs.push((key, value.clone(), name.clone()));
         }
-        Self::from_pairs(pairs.iter().map(|(k, v, _)| (k, v))).map_err(|err| match err {
-            ConfigError::Key { key, message } | ConfigError::Invalid { key, message } => {
-                let var = pairs
-                    .iter()
-                    .find(|(k, _, _)| key == *k || key.starts_with(&format!("{k}.")))
-                    .map(|(_, _, name)| name.clone())
-                    .unwrap_or_else(|| env_name(&key, full));
-                ConfigError::Key {
-                    key: format!("{key} ({var})"),
-                    message,
+        let mut config =
+            Self::from_pairs(pairs.iter().map(|(k, v, _)| (k, v))).map_err(|err| match err {
+                ConfigError::Key { key, message } | ConfigError::Invalid { key, message } => {
+                    let var = pairs
+                        .iter()
+                        .find(|(k, _, _)| key == *k || key.starts_with(&format!("{k}.")))
+                        .map(|(_, _, name)| name.clone())
+                        .unwrap_or_else(|| env_name(&key, full));
+                    ConfigError::Key {
+                        key: format!("{key} ({var})"),
+                        message,
+                    }
                 }
-            }
-            other => other,
-        })
+                other => other,
+            })?;
+        config.origins = pairs.into_iter().map(|(k, _, name)| (k, name)).collect();
+        Ok(config)
     }
 
     /// Check ranges that types cannot express.
@@ -261,6 +331,15 @@ impl RunnerConfig {
         }
         if self.timeout_seconds == 0 {
             return Err(invalid("timeout_seconds", "must be greater than 0"));
+        }
+        if self.timeout_seconds > MAX_TIMEOUT_SECONDS {
+            return Err(invalid(
+                "timeout_seconds",
+                &format!(
+                    "{} is more than the maximum of {MAX_TIMEOUT_SECONDS} (7 days)",
+                    self.timeout_seconds
+                ),
+            ));
         }
         if self.retries > MAX_RETRIES {
             return Err(invalid(
@@ -274,12 +353,27 @@ impl RunnerConfig {
         if self.max_concurrency == Some(0) {
             return Err(invalid("max_concurrency", "must be at least 1"));
         }
+        if let Some(n) = self.max_concurrency.filter(|n| *n > MAX_CONCURRENCY) {
+            return Err(invalid(
+                "max_concurrency",
+                &format!("{n} is more than the maximum of {MAX_CONCURRENCY}"),
+            ));
+        }
         for phase in Phase::ALL {
-            if self.phase_timeouts.get(phase) == Some(0) {
-                return Err(invalid(
-                    &format!("phase_timeouts.{phase}"),
-                    "must be greater than 0",
-                ));
+            match self.phase_timeouts.get(phase) {
+                Some(0) => {
+                    return Err(invalid(
+                        &format!("phase_timeouts.{phase}"),
+                        "must be greater than 0",
+                    ));
+                }
+                Some(n) if n > MAX_TIMEOUT_SECONDS => {
+                    return Err(invalid(
+                        &format!("phase_timeouts.{phase}"),
+                        &format!("{n} is more than the maximum of {MAX_TIMEOUT_SECONDS} (7 days)"),
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -288,10 +382,33 @@ impl RunnerConfig {
     /// Decode the `backend` section into a backend's typed config; an
     /// unknown or bad field is an error naming `backend.<field>`.
     pub fn backend_section<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        crate::spec::decode_section(&self.backend, "backend").map_err(|e| ConfigError::Key {
-            key: e.field,
-            message: e.message,
-        })
+        crate::spec::decode_section(&self.backend, "backend")
+            .map_err(|e| self.key_error(e.field, e.message))
+    }
+
+    /// A key error for `key`, naming the environment variable it came from
+    /// when it came from one.
+    pub fn key_error(&self, key: String, message: String) -> ConfigError {
+        let var = self
+            .origins
+            .iter()
+            .find(|(k, _)| key == **k || key.starts_with(&format!("{k}.")))
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                // An unknown key is reported at its own path, which the
+                // variable spelt: match by the variable's spelling.
+                self.origins
+                    .values()
+                    .find(|v| v.to_ascii_lowercase().ends_with(&key.replace('.', "__")))
+                    .cloned()
+            });
+        match var {
+            Some(var) => ConfigError::Key {
+                key: format!("{key} ({var})"),
+                message,
+            },
+            None => ConfigError::Key { key, message },
+        }
     }
 
     /// The time limit of `phase`.
@@ -334,6 +451,7 @@ fn key_error(path: &str, message: String) -> ConfigError {
     let key = match (path, field) {
         (".", Some(f)) => f.to_owned(),
         (".", None) => "(document)".to_owned(),
+        (p, Some(f)) if p == f || p.ends_with(&format!(".{f}")) => p.to_owned(),
         (p, Some(f))
             if message.starts_with("unknown field") || message.starts_with("missing field") =>
         {

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod blocking;
 pub mod config;
 pub mod context;
+pub mod doc;
 pub mod error;
 pub mod handle;
 pub mod phase;
@@ -26,7 +27,10 @@ pub use handle::{HandleError, RunnerHandle};
 pub use phase::{Phase, PhaseMarker};
 pub use redact::Redactor;
 pub use result::{Diagnosis, TestCounts, TestResult, TestStatus};
-pub use spec::{BenchSpec, EnvVar, SpecError, TestPayload, decode_section, decode_spec};
+pub use spec::{
+    BenchSpec, EnvVar, KubernetesSecret, SecretRef, SpecError, TestPayload, decode_section,
+    decode_spec,
+};
 
 /// Re-exported so backends implement the trait with the same macro version.
 pub use async_trait::async_trait;

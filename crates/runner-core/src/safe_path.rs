@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// A name refused as an artifact path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsafe artifact name {name:?}: {reason}")]
+#[error("unsafe path {name:?}: {reason}")]
 pub struct UnsafePath {
     /// The refused name.
     pub name: String,

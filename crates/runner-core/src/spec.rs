@@ -47,7 +47,9 @@ pub struct BenchSpec {
     pub backend: serde_json::Value,
 }
 
-/// One environment variable of a payload: a plain value or a secret one.
+/// One environment variable of a payload: a plain value, a literal secret
+/// (for `run`, which stores nothing), or a reference to a secret that the
+/// worker resolves where the test runs (for anything queued).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum EnvVar {
@@ -61,28 +63,135 @@ pub enum EnvVar {
         #[serde(default)]
         secret: bool,
     },
+    /// `{secret: {env: NAME}}`, `{secret: {file: PATH}}`...: resolved by
+    /// the worker at run time, never stored.
+    Reference {
+        /// Where the value is.
+        secret: SecretRef,
+    },
+}
+
+/// Where a secret's value is: exactly one source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// A variable of the worker's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file on the worker (a mounted secret, `/run/secrets/...`); one
+    /// trailing newline is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// An AWS Secrets Manager secret id or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secretsmanager: Option<String>,
+    /// An AWS SSM parameter name (decrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_ssm_parameter: Option<String>,
+    /// A Kubernetes secret (the eks backend maps it to a `secretKeyRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSecret>,
+    /// With `aws_secretsmanager`: a key of the secret's JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A key of a Kubernetes secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSecret {
+    /// The secret's name.
+    pub name: String,
+    /// The key in it.
+    pub key: String,
+}
+
+impl SecretRef {
+    /// The source, for messages: `env HOME_TOKEN`, `file /run/secrets/x`.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretRef { env: Some(n), .. } => format!("env {n}"),
+            SecretRef { file: Some(p), .. } => format!("file {p}"),
+            SecretRef {
+                aws_secretsmanager: Some(id),
+                ..
+            } => format!("aws_secretsmanager {id}"),
+            SecretRef {
+                aws_ssm_parameter: Some(n),
+                ..
+            } => format!("aws_ssm_parameter {n}"),
+            SecretRef {
+                kubernetes: Some(k),
+                ..
+            } => format!("kubernetes {}/{}", k.name, k.key),
+            _ => "no source".into(),
+        }
+    }
+
+    /// Exactly one source must be given; `key` only with Secrets Manager.
+    pub fn check(&self) -> Result<(), String> {
+        let sources = [
+            self.env.is_some(),
+            self.file.is_some(),
+            self.aws_secretsmanager.is_some(),
+            self.aws_ssm_parameter.is_some(),
+            self.kubernetes.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if sources != 1 {
+            return Err(
+                "give exactly one of env, file, aws_secretsmanager, aws_ssm_parameter, kubernetes"
+                    .into(),
+            );
+        }
+        if self.key.is_some() && self.aws_secretsmanager.is_none() {
+            return Err("`key` goes with aws_secretsmanager only".into());
+        }
+        Ok(())
+    }
 }
 
 impl EnvVar {
-    /// The value to put in the process environment.
+    /// The value to put in the process environment (empty for a reference
+    /// that was not resolved: the worker resolves them before a backend
+    /// sees the payload).
     pub fn value(&self) -> &str {
         match self {
             EnvVar::Plain(v) | EnvVar::Detailed { value: v, .. } => v,
+            EnvVar::Reference { .. } => "",
         }
     }
 
     /// Whether the value is secret.
     pub fn is_secret(&self) -> bool {
+        matches!(
+            self,
+            EnvVar::Detailed { secret: true, .. } | EnvVar::Reference { .. }
+        )
+    }
+
+    /// Whether this is a literal secret value (which must not be queued).
+    pub fn is_literal_secret(&self) -> bool {
         matches!(self, EnvVar::Detailed { secret: true, .. })
+    }
+
+    /// The reference, when it is one.
+    pub fn reference(&self) -> Option<&SecretRef> {
+        match self {
+            EnvVar::Reference { secret } => Some(secret),
+            _ => None,
+        }
     }
 }
 
 impl fmt::Debug for EnvVar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_secret() {
-            f.write_str("EnvVar(***)")
-        } else {
-            write!(f, "EnvVar({:?})", self.value())
+        match self {
+            EnvVar::Reference { secret } => write!(f, "EnvVar(secret {})", secret.describe()),
+            _ if self.is_secret() => f.write_str("EnvVar(***)"),
+            _ => write!(f, "EnvVar({:?})", self.value()),
         }
     }
 }
@@ -132,8 +241,15 @@ impl TestPayload {
     }
 }
 
-/// Parse YAML (or JSON, which is YAML) into `T`, naming the bad field on error.
+/// Parse YAML (or JSON, which is YAML) into `T`, naming the bad field on
+/// error. A leading byte-order mark is skipped; nesting is bounded.
 pub fn from_yaml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, SpecError> {
+    let text = crate::doc::strip_bom(text);
+    crate::doc::check_yaml(text, origin).map_err(|e| SpecError {
+        origin: origin.to_owned(),
+        field: ".".into(),
+        message: e.to_string(),
+    })?;
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| SpecError {
         origin: origin.to_owned(),
@@ -142,13 +258,17 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T,
     })
 }
 
-/// Read and parse a YAML file into `T`.
+/// Read and parse a YAML file into `T` (size, encoding and nesting checked
+/// first, see [`crate::doc`]).
 pub fn from_yaml_file<T: DeserializeOwned>(path: &Path) -> Result<T, SpecError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+    let text = crate::doc::read_yaml(path).map_err(|e| SpecError {
         origin: origin.clone(),
         field: ".".into(),
-        message: format!("cannot read: {e}"),
+        message: match e {
+            crate::doc::DocError::Io { message, .. } => format!("cannot read: {message}"),
+            other => other.to_string(),
+        },
     })?;
     from_yaml_str(&text, &origin)
 }

@@ -44,6 +44,12 @@ pub use config::{BenchBackend, Ec2Config, LaunchTemplate, PoolConfig};
 use instances::{LIVE_STATES, Ops, now_secs, tags};
 pub use pool::Refill;
 
+/// The payload's `backend:` section: this backend has none, so any key in
+/// it is refused instead of being ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSection {}
+
 /// The runner type in configs and handles.
 pub const RUNNER_TYPE: &str = "ec2";
 
@@ -332,6 +338,27 @@ impl RunnerAdapter for Ec2Runner {
             leak_listing: true,
             max_concurrency: None,
         }
+    }
+
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        let wanted: BenchBackend = decode_spec(ctx, &bench.backend, "bench.backend")?;
+        wanted
+            .validate()
+            .map_err(|(field, message)| ProvisionError::invalid_spec(ctx, field, message))?;
+        let _: NoSection = decode_spec(ctx, &payload.backend, "payload.backend")?;
+        if payload.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(ProvisionError::invalid_spec(
+                ctx,
+                "payload.command",
+                "must name a program",
+            ));
+        }
+        Ok(())
     }
 
     async fn provision(

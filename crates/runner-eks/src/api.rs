@@ -77,7 +77,9 @@ impl K8sError {
                 kind: ErrorKind::Transient,
                 code: None,
                 reason: "Connection".into(),
-                message: format!("kubernetes {op}: {other}"),
+                // The causes too: "client error (Connect)" alone does not
+                // say that the connection was refused, or by whom.
+                message: format!("kubernetes {op}: {}", with_causes(other)),
             },
         }
     }
@@ -124,4 +126,19 @@ where
             }
         }
     }
+}
+
+/// An error and its causes, each once: "a: b: c".
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -143,7 +143,13 @@ pub fn job_manifest(spec: &JobSpec<'_>) -> Result<Job, serde_json::Error> {
         env.push(json!({"name": "ARTIFACTS_S3_URI", "value": uri}));
     }
     for (name, value) in &payload.env {
-        if value.is_secret() {
+        if let Some(k) = value.reference().and_then(|r| r.kubernetes.as_ref()) {
+            // The kubelet reads it: the value never passes the worker.
+            env.push(json!({
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": k.name, "key": k.key}},
+            }));
+        } else if value.is_secret() {
             env.push(json!({
                 "name": name,
                 "valueFrom": {"secretKeyRef": {"name": spec.secret, "key": name}},
@@ -255,7 +261,7 @@ pub fn secret_manifest(
     let data: BTreeMap<String, String> = payload
         .env
         .iter()
-        .filter(|(_, v)| v.is_secret())
+        .filter(|(_, v)| v.is_secret() && v.reference().is_none_or(|r| r.kubernetes.is_none()))
         .map(|(k, v)| (k.clone(), v.value().to_string()))
         .collect();
     if data.is_empty() {

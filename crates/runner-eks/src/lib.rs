@@ -984,6 +984,20 @@ impl RunnerAdapter for EksRunner {
         }
     }
 
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        let backend: BenchBackend = decode_spec(ctx, &bench.backend, "bench.backend")?;
+        backend
+            .validate()
+            .map_err(|(key, message)| ProvisionError::invalid_spec(ctx, key, message))?;
+        let _: PayloadBackend = decode_spec(ctx, &payload.backend, "payload.backend")?;
+        Ok(())
+    }
+
     async fn provision(
         &self,
         ctx: &RunContext,

@@ -132,6 +132,36 @@ impl RunnerAdapter for LocalProcessRunner {
         }
     }
 
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        let spec: LocalBench = decode_spec(ctx, &bench.backend, "bench.backend")?;
+        spec.validate()
+            .map_err(|(field, message)| ProvisionError::invalid_spec(ctx, field, message))?;
+        let _: crate::config::LocalPayload = decode_spec(ctx, &payload.backend, "payload.backend")?;
+        if payload.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(ProvisionError::invalid_spec(
+                ctx,
+                "payload.command",
+                "must name a program",
+            ));
+        }
+        if let Some(package) = payload.package.as_deref()
+            && !package.contains("://")
+            && std::fs::symlink_metadata(package).is_err()
+        {
+            return Err(ProvisionError::invalid_spec(
+                ctx,
+                "payload.package",
+                format!("{package}: no such file or directory"),
+            ));
+        }
+        Ok(())
+    }
+
     async fn provision(
         &self,
         ctx: &RunContext,
@@ -256,10 +286,29 @@ impl RunnerAdapter for LocalProcessRunner {
                     .then(|| std::env::var("PATH").ok())
                     .flatten()
             });
-        let resolved = resolve_program(program, child_path.as_deref(), &cwd).map_err(|e| {
-            ExecutionError::permanent(
+        // What the test's own input got wrong is `invalid_spec` naming the
+        // field, never something a retry could fix.
+        if !cwd.is_dir() {
+            return Err(ExecutionError::invalid_spec(
                 ctx,
-                format!("cannot start command `{program}` (payload.command[0]): {e}"),
+                "payload.working_dir",
+                format!(
+                    "{:?} is not a directory of the package",
+                    payload.working_dir.as_deref().unwrap_or(".")
+                ),
+            ));
+        }
+        let program_field = if payload.shell {
+            "payload.shell"
+        } else {
+            "payload.command[0]"
+        };
+        let shown = program.escape_debug().to_string();
+        let resolved = resolve_program(program, child_path.as_deref(), &cwd).map_err(|e| {
+            ExecutionError::invalid_spec(
+                ctx,
+                program_field,
+                format!("cannot start `{shown}`: {}", redactor.redact(&e)),
             )
         })?;
         let mut command = tokio::process::Command::new(&resolved);
@@ -292,11 +341,12 @@ impl RunnerAdapter for LocalProcessRunner {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
-                let message =
-                    format!("cannot start command `{program}` (payload.command[0]): {err}");
+                let message = format!("cannot start `{shown}`: {err}");
                 return Err(match err.kind() {
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                        ExecutionError::permanent(ctx, message)
+                    std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::InvalidInput => {
+                        ExecutionError::invalid_spec(ctx, program_field, message)
                     }
                     _ => ExecutionError::transient(ctx, message),
                 });

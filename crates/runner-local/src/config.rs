@@ -5,6 +5,15 @@ use std::path::PathBuf;
 use runner_core::{ConfigError, RunnerConfig};
 use serde::{Deserialize, Serialize};
 
+/// The longest `kill_grace_ms` accepted: 10 minutes.
+pub const MAX_KILL_GRACE_MS: u64 = 600_000;
+
+/// The `backend` section of a `local` payload: there is none, so any key is
+/// refused instead of being ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPayload {}
+
 /// The `backend` section of a `local` runner config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,11 +70,26 @@ impl LocalConfig {
     pub fn from_runner_config(config: &RunnerConfig) -> Result<Self, ConfigError> {
         let mut local: LocalConfig = config.backend_section()?;
         local.artifacts_dir = config.artifacts_dir.clone();
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
         if local.root.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "backend.root".into(),
-                message: "must not be empty".into(),
-            });
+            return invalid("backend.root", "must not be empty".into());
+        }
+        if local.kill_grace_ms > MAX_KILL_GRACE_MS {
+            return invalid(
+                "backend.kill_grace_ms",
+                format!(
+                    "{} is more than the maximum of {MAX_KILL_GRACE_MS} (10 minutes)",
+                    local.kill_grace_ms
+                ),
+            );
+        }
+        if local.max_log_bytes == 0 {
+            return invalid("backend.max_log_bytes", "must be at least 1".into());
         }
         Ok(local)
     }

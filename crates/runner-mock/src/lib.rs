@@ -5,7 +5,10 @@ pub mod fixtures;
 mod runner;
 
 pub use fault::{Fault, FaultPlan, FaultRule};
-pub use runner::{ArtifactMode, LocalMockRunner, MockConfig, MockPayload, RecordedCall};
+pub use runner::{
+    ArtifactMode, LocalMockRunner, MAX_DURATION_MS, MAX_LOG_LINES, MockConfig, MockPayload,
+    RecordedCall,
+};
 
 /// The runner type name this crate registers.
 pub const RUNNER_TYPE: &str = "local_mock";

@@ -67,6 +67,31 @@ pub struct MockPayload {
     pub duration_ms: u64,
 }
 
+/// The most log lines one run may ask for (about 4 MiB of log).
+pub const MAX_LOG_LINES: u32 = 100_000;
+
+/// The longest simulated run: 7 days.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+
+impl MockPayload {
+    /// Check the ranges; returns the bad field and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.log_lines.is_some_and(|n| n > MAX_LOG_LINES) {
+            return Err((
+                "payload.backend.log_lines",
+                format!("is more than the maximum of {MAX_LOG_LINES}"),
+            ));
+        }
+        if self.duration_ms > MAX_DURATION_MS {
+            return Err((
+                "payload.backend.duration_ms",
+                format!("is more than the maximum of {MAX_DURATION_MS} (7 days)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The outcome a mock payload asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,6 +191,12 @@ impl LocalMockRunner {
     /// Build from a runner config; the `backend` section is a [`MockConfig`].
     pub fn from_config(config: &RunnerConfig) -> Result<Self, ConfigError> {
         let mut mock: MockConfig = config.backend_section()?;
+        if mock.log_lines > MAX_LOG_LINES {
+            return Err(ConfigError::Invalid {
+                key: "backend.log_lines".into(),
+                message: format!("is more than the maximum of {MAX_LOG_LINES}"),
+            });
+        }
         mock.artifacts_dir = config.artifacts_dir.clone();
         Ok(Self::new(mock))
     }
@@ -261,6 +292,18 @@ impl RunnerAdapter for LocalMockRunner {
         }
     }
 
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        let _: MockBench = decode_spec(ctx, &bench.backend, "bench.backend")?;
+        let spec: MockPayload = decode_spec(ctx, &payload.backend, "payload.backend")?;
+        spec.check()
+            .map_err(|(field, message)| ProvisionError::invalid_spec(ctx, field, message))
+    }
+
     async fn provision(
         &self,
         ctx: &RunContext,
@@ -302,6 +345,8 @@ impl RunnerAdapter for LocalMockRunner {
         self.record(Phase::RunTest, ctx, Some(handle));
         let state: MockState = handle.decode_in(ctx, RUNNER_TYPE)?;
         let spec: MockPayload = decode_spec(ctx, &payload.backend, "payload.backend")?;
+        spec.check()
+            .map_err(|(field, message)| ExecutionError::invalid_spec(ctx, field, message))?;
         inject::<runner_core::phase::RunTestPhase>(self.faults.next(Phase::RunTest), ctx).await?;
         if !self.lock().live.contains_key(handle.handle_id()) {
             return Err(ExecutionError::handle_gone(

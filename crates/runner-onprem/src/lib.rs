@@ -34,6 +34,12 @@ use tokio::time::Instant;
 
 pub use api::{Api, ApiError, RetryPolicy, Token};
 
+/// The payload's `backend:` section: this backend has none, so any key in
+/// it is refused instead of being ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSection {}
+
 /// The runner type in configs and handles.
 pub const RUNNER_TYPE: &str = "onprem";
 
@@ -120,6 +126,37 @@ impl OnPremConfig {
         let bad = |k: &str, m: &str| Err((format!("backend.{k}"), m.to_string()));
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return bad("base_url", "must be an http:// or https:// URL");
+        }
+        if let Err(e) = reqwest::Url::parse(&self.base_url) {
+            return Err((
+                "backend.base_url".into(),
+                format!("{:?} is not a valid URL: {e}", self.base_url),
+            ));
+        }
+        const HOUR_MS: u64 = 3_600_000;
+        for (key, value, max) in [
+            ("lease_seconds", self.lease_seconds, 86_400),
+            ("poll_ms", self.poll_ms, HOUR_MS),
+            ("log_wait_ms", self.log_wait_ms, HOUR_MS),
+            ("request_timeout_ms", self.request_timeout_ms, HOUR_MS),
+            ("backoff_base_ms", self.backoff_base_ms, HOUR_MS),
+            ("backoff_max_ms", self.backoff_max_ms, HOUR_MS),
+            (
+                "provision_wait_seconds",
+                self.provision_wait_seconds,
+                runner_core::config::MAX_TIMEOUT_SECONDS,
+            ),
+            ("attempts", u64::from(self.attempts), 100),
+        ] {
+            if value > max {
+                return Err((
+                    format!("backend.{key}"),
+                    format!("{value} is more than the maximum of {max}"),
+                ));
+            }
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms", "must be above 0");
         }
         if self.lease_seconds < 3 {
             return bad("lease_seconds", "must be at least 3");
@@ -283,6 +320,10 @@ impl OnPremBenchRunner {
     /// From a runner config; the token comes from the variable `token_env` names.
     pub fn from_config(config: &RunnerConfig) -> Result<OnPremBenchRunner, ConfigError> {
         let backend: OnPremConfig = config.backend_section()?;
+        // The settings first: a bad URL is worth knowing before a missing token.
+        backend
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         let token = std::env::var(&backend.token_env).map_err(|_| ConfigError::Invalid {
             key: "backend.token_env".into(),
             message: format!(
@@ -454,6 +495,31 @@ impl RunnerAdapter for OnPremBenchRunner {
             leak_listing: true,
             max_concurrency: None,
         }
+    }
+
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        let wanted: BenchBackend = decode_spec(ctx, &bench.backend, "bench.backend")?;
+        if wanted.bench_type.trim().is_empty() {
+            return Err(ProvisionError::invalid_spec(
+                ctx,
+                "bench.backend.bench_type",
+                "must name a bench type",
+            ));
+        }
+        let _: NoSection = decode_spec(ctx, &payload.backend, "payload.backend")?;
+        if payload.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(ProvisionError::invalid_spec(
+                ctx,
+                "payload.command",
+                "must name a program",
+            ));
+        }
+        Ok(())
     }
 
     async fn provision(

@@ -68,7 +68,14 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
     let ctx = RunContext::new("validate", "validate");
     crate::validate::runner_type(Some(&config.runner_type), &bench)
         .and_then(|_| crate::validate::task(&*adapter, &ctx, &bench, &payload))
+        .and_then(|_| crate::validate::allowed(&config, &bench, &payload, false))
         .map_err(|e| CliError::usage(e.to_string()))?;
+    // Secret references are resolved here, in memory only: the record
+    // keeps the payload's names, never a value.
+    let payload = crate::secrets::resolve(&payload).map_err(|e| match e.kind {
+        runner_core::ErrorKind::Transient => CliError::infra(e.to_string()),
+        _ => CliError::usage(e.to_string()),
+    })?;
     let store_path = args.store.clone().unwrap_or_else(|| {
         config
             .artifacts_dir
@@ -195,9 +202,9 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
     eprintln!(
         "» {} on `{}`, execution {execution_id}",
         if payload.name.is_empty() {
-            "test"
+            "test".to_owned()
         } else {
-            &payload.name
+            crate::validate::shown(&payload.name)
         },
         config.runner_type
     );
@@ -258,6 +265,9 @@ async fn record(store: &dyn Store, new: NewExecution, outcome: &ExecutionOutcome
 pub(crate) fn exit_code(outcome: &ExecutionOutcome, cancelled: bool) -> u8 {
     match (&outcome.result, &outcome.failure) {
         (_, Some(_)) if cancelled => EXIT_CANCELLED,
+        // The test's own input was at fault (found only where it runs: a
+        // program missing from the image, a working dir not in the package).
+        (_, Some(f)) if f.kind == runner_core::ErrorKind::InvalidSpec => super::EXIT_USAGE,
         (_, Some(_)) => EXIT_INFRA,
         (Some(r), None) => match r.status {
             TestStatus::Passed => 0,

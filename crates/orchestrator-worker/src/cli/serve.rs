@@ -18,7 +18,7 @@ pub struct ServeArgs {
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Override `worker.concurrency`.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: Option<u32>,
     /// Take tasks from this SQS queue (overrides `queue.sqs.url`).
     #[arg(long, env = "ORCHESTRATOR_QUEUE_URL")]

@@ -176,6 +176,7 @@ pub(crate) fn check(
     let fail = |field: &str, message: &str| {
         CliError::usage(format!("{field_prefix}invalid field `{field}`: {message}"))
     };
+    crate::validate::queued(task).map_err(|e| fail(&e.field, &e.message))?;
     let runner = config.runners.iter().find(|r| r.runner_type == task.runner);
     let Some(runner) = runner else {
         if config.runners.is_empty() {
@@ -203,6 +204,7 @@ pub(crate) fn check(
     let ctx = RunContext::new(&task.execution_key, task.correlation())
         .with_execution_key(&task.execution_key);
     crate::validate::task(&*adapter, &ctx, &task.bench, &task.payload)
+        .and_then(|_| crate::validate::allowed(runner, &task.bench, &task.payload, true))
         .map_err(|e| fail(&e.field, &e.message))
 }
 

@@ -112,6 +112,15 @@ impl<L: Around> RunnerAdapter for Wrapped<L> {
         self.inner.capabilities()
     }
 
+    fn validate(
+        &self,
+        ctx: &RunContext,
+        bench: &BenchSpec,
+        payload: &TestPayload,
+    ) -> Result<(), ProvisionError> {
+        self.inner.validate(ctx, bench, payload)
+    }
+
     async fn provision(
         &self,
         ctx: &RunContext,
