@@ -17,6 +17,7 @@
 //! 3 cancelled, 4 bad input (command line, config, bench, payload).
 
 mod admin;
+mod api_cmd;
 mod dlq;
 mod results_cmds;
 mod run;
@@ -137,6 +138,9 @@ enum Command {
     Workers(admin::StoreArgs),
     /// List the runner types this build knows, with their capabilities.
     Backends,
+    /// Serve the HTTP API and the web dashboard over the store; `api token
+    /// add` makes a token.
+    Api(api_cmd::ApiArgs),
 }
 
 /// Run the command line with the factory `make_factory` builds; returns the
@@ -232,6 +236,7 @@ async fn dispatch(command: Command, make: MakeFactory) -> CliResult {
         Command::Migrate(args) => admin::migrate(args).await,
         Command::Workers(args) => admin::workers(args).await,
         Command::Backends => admin::backends(make),
+        Command::Api(args) => api_cmd::api(args, make).await,
     }
 }
 
