@@ -167,24 +167,19 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
         }
         let mut field = e.path().to_string();
         let text = inner.to_string();
-        // serde names an unknown field only in its message.
-        if let Some(rest) = text.strip_prefix("unknown field `")
-            && let Some((name, _)) = rest.split_once('`')
-        {
-            field = if field == "." {
-                name.to_owned()
-            } else {
-                format!("{field}.{name}")
-            };
-        }
-        if let Some(rest) = text.strip_prefix("missing field `")
-            && let Some((name, _)) = rest.split_once('`')
-        {
-            field = if field == "." {
-                name.to_owned()
-            } else {
-                format!("{field}.{name}")
-            };
+        // serde names a missing field only in its message (an unknown one
+        // is the path's last segment already).
+        for prefix in ["unknown field `", "missing field `"] {
+            if let Some(rest) = text.strip_prefix(prefix)
+                && let Some((name, _)) = rest.split_once('`')
+                && field.rsplit('.').next() != Some(name)
+            {
+                field = if field == "." {
+                    name.to_owned()
+                } else {
+                    format!("{field}.{name}")
+                };
+            }
         }
         Problem::invalid(field, text)
     })?;

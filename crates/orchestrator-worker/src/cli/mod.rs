@@ -19,6 +19,7 @@
 mod admin;
 mod api_cmd;
 mod dlq;
+mod remote;
 mod results_cmds;
 mod run;
 mod serve;
