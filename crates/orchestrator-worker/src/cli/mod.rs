@@ -241,6 +241,16 @@ async fn dispatch(command: Command, make: MakeFactory) -> CliResult {
     }
 }
 
+/// Percent-encode one URL path segment or query value.
+pub fn encode_component(text: &str) -> String {
+    remote::encode(text, false)
+}
+
+/// Percent-encode a URL path, keeping its `/`.
+pub fn encode_path(text: &str) -> String {
+    remote::encode(text, true)
+}
+
 /// Read a YAML file into `T`; errors name the file and the key (exit 4).
 pub(crate) fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CliError> {
     runner_core::spec::from_yaml_file(path).map_err(|e| CliError::usage(e.to_string()))
