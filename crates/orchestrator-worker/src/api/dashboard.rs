@@ -122,17 +122,14 @@ fn state_badge(state: ExecState) -> Markup {
 }
 
 /// A page's caller, or the answer to give instead (the login form on 401).
-fn caller(state: &SharedState, headers: &HeaderMap, need: Scope) -> Result<Caller, Response> {
+fn caller(state: &SharedState, headers: &HeaderMap, need: Scope) -> Result<Caller, Box<Response>> {
     authorize(&state.tokens, &state.limiter, headers, need, true).map_err(|p| {
-        if p.status == 401 {
-            (
-                StatusCode::UNAUTHORIZED,
-                Html(login_markup(None).into_string()),
-            )
-                .into_response()
+        Box::new(if p.status == 401 {
+            let login = Html(login_markup(None).into_string());
+            (StatusCode::UNAUTHORIZED, login).into_response()
         } else {
             error_page(None, &p)
-        }
+        })
     })
 }
 
@@ -241,7 +238,7 @@ async fn executions(
 ) -> Response {
     let who = match caller(&state, &headers, Scope::Read) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut query_map = q.clone();
     if query_map.get("limit").is_none_or(|l| l.is_empty()) {
@@ -372,6 +369,29 @@ fn phase_name(phase: runner_core::Phase) -> String {
         .unwrap_or_else(|| phase.to_string())
 }
 
+/// The segments of an attempt's bar: (x, width, phase, colour, ms).
+fn segments(
+    a: &crate::store::AttemptDetail,
+    width: f64,
+    longest: f64,
+) -> Vec<(f64, f64, String, &'static str, u64)> {
+    let mut x = 0.0;
+    a.phases
+        .iter()
+        .map(|p| {
+            let w = (width * p.ms as f64 / longest).max(1.0);
+            let name = phase_name(p.phase);
+            let colour = PHASE_COLOURS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("#999", |(_, c)| c);
+            let seg = (x, w, name, colour, p.ms);
+            x += w;
+            seg
+        })
+        .collect()
+}
+
 /// One bar per attempt, each phase a segment drawn to one scale.
 fn attempt_bars(record: &ExecutionRecord) -> Markup {
     let longest = record
@@ -387,19 +407,14 @@ fn attempt_bars(record: &ExecutionRecord) -> Markup {
             div class="attempt" {
                 p { "Attempt " (a.attempt) " on " (a.worker) ": " (a.disposition)
                     @if let Some(e) = &a.error { " — " span class="err" { (phase_name(e.phase)) " failed (" (e.kind) "): " (e.message) } } }
-                @let mut x = 0.0f64;
                 svg xmlns="http://www.w3.org/2000/svg" width=(width + 10.0) height="28" class="phases" {
-                    @for p in &a.phases {
-                        @let w = (width * p.ms as f64 / longest).max(1.0);
-                        @let name = phase_name(p.phase);
-                        @let colour = PHASE_COLOURS.iter().find(|(n, _)| *n == name).map_or("#999", |(_, c)| c);
+                    @for (x, w, name, colour, ms) in segments(a, width, longest) {
                         rect class={ "phase phase-" (name) } x=(format!("{x:.1}")) y="2" width=(format!("{w:.1}")) height="22" fill=(colour) {
-                            title { (name) " " (p.ms) " ms" }
+                            title { (name) " " (ms) " ms" }
                         }
                         @if w > 60.0 {
-                            text x=(format!("{:.1}", x + 4.0)) y="17" font-size="11" fill="#fff" { (name) " " (p.ms) " ms" }
+                            text x=(format!("{:.1}", x + 4.0)) y="17" font-size="11" fill="#fff" { (name) " " (ms) " ms" }
                         }
-                        @let _ = { x += w; };
                     }
                 }
                 p style="font-size:12px" {
@@ -417,7 +432,7 @@ async fn execution(
 ) -> Response {
     let who = match caller(&state, &headers, Scope::Read) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let r = match super::routes::record_of(&state, &key).await {
         Ok(r) => r,
@@ -531,7 +546,7 @@ async fn artifact(
 async fn dlq(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let who = match caller(&state, &headers, Scope::Read) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let letters = match state.backends.queue.dlq_list(200).await {
         Ok(l) => l,
@@ -572,7 +587,7 @@ async fn replay(
 ) -> Response {
     let who = match caller(&state, &headers, Scope::Admin) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match super::routes::replay(&state, &id).await {
         Ok((task_id, key)) => {
@@ -592,7 +607,7 @@ async fn replay(
 async fn workers(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let who = match caller(&state, &headers, Scope::Read) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let workers = match state
         .backends
@@ -623,7 +638,7 @@ async fn workers(State(state): State<SharedState>, headers: HeaderMap) -> Respon
 async fn leaks(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let who = match caller(&state, &headers, Scope::Read) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let report = super::routes::dry_reap(&state).await;
     let list = |title: &str, items: &[String]| {
@@ -648,7 +663,7 @@ async fn leaks(State(state): State<SharedState>, headers: HeaderMap) -> Response
 async fn charts(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let who = match caller(&state, &headers, Scope::Read) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let now = now_ms();
     let since = now.saturating_sub(super::charts::DAYS * 86_400_000);

@@ -149,10 +149,7 @@ fn parse_state(text: &str) -> Result<ExecState, String> {
 }
 
 pub(super) async fn history(args: HistoryArgs) -> CliResult {
-    let remote = match source(&args.config, &args.server)? {
-        Ok(_) => None,
-        Err(remote) => Some(remote),
-    };
+    let remote = source(&args.config, &args.server)?.err();
     let filter = HistoryFilter {
         correlation_id: args.correlation_id,
         runner: args.runner,
@@ -280,10 +277,7 @@ pub struct ArtifactsArgs {
 pub(super) async fn artifacts(args: ArtifactsArgs) -> CliResult {
     let r = record(&args.config, &args.server, &args.key).await?;
     if let Some(dir) = &args.download {
-        let remote = match source(&args.config, &args.server)? {
-            Ok(_) => None,
-            Err(remote) => Some(remote),
-        };
+        let remote = source(&args.config, &args.server)?.err();
         for a in &r.artifacts {
             let path = match &remote {
                 Some(remote) => remote.download(&r.new.key, a, dir).await?,

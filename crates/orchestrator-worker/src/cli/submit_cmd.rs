@@ -273,7 +273,7 @@ pub(super) async fn run(args: SubmitArgs, make: MakeFactory) -> CliResult {
             .ok_or_else(|| CliError::usage("give --config WORKER.yaml or --server URL"))?;
         // The server checks against its runners; here only what needs none.
         let tasks = tasks_of(&args, &WorkerConfig::default(), &make)?;
-        let wait = args.wait.then(|| super::remote::WaitOptions {
+        let wait = args.wait.then_some(super::remote::WaitOptions {
             timeout: args.timeout,
             junit: args.junit.as_deref(),
             detach_on_interrupt: args.detach_on_interrupt,
