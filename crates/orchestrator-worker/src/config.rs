@@ -338,6 +338,9 @@ pub struct WorkerConfig {
     /// The runners tasks may name (one per type).
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
+    /// The HTTP API and dashboard (`orchestrator api`); workers ignore it.
+    #[serde(default)]
+    pub api: Option<crate::api::ApiSection>,
 }
 
 impl WorkerConfig {

@@ -16,11 +16,14 @@
 //!
 //! - [`postgres::Postgres`]: a real PostgreSQL server (Debian's package,
 //!   installed when absent) in a temp dir, on loopback.
+//! - [`chromium::ChromeDriver`]: headless Chromium (Debian's package,
+//!   installed when absent) behind chromedriver on loopback.
 //! - [`debian::ensure_packages`]: the `apt-get` step the servers share.
 //!
 //! Nothing here is for production use; it is a dev-dependency only.
 
 pub mod aws;
+pub mod chromium;
 pub mod debian;
 pub mod postgres;
 pub mod ssm;

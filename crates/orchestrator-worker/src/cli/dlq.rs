@@ -15,6 +15,10 @@ pub struct DlqArgs {
     /// The SQS queue whose dead-letter queue to use (overrides `queue.sqs.url`).
     #[arg(long, global = true, env = "ORCHESTRATOR_QUEUE_URL")]
     queue_url: Option<String>,
+    /// Ask this API server instead (`ORCHESTRATOR_TOKEN` holds the token;
+    /// replay needs the `admin` scope); `--config` wins when both are given.
+    #[arg(long, global = true, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     action: DlqAction,
 }
@@ -40,9 +44,14 @@ enum DlqAction {
 }
 
 pub(super) async fn dlq(args: DlqArgs) -> CliResult {
+    if args.config.is_none()
+        && let Some(server) = &args.server
+    {
+        return remote(server, args.action).await;
+    }
     let config = args
         .config
-        .ok_or_else(|| CliError::usage("dlq needs --config WORKER.yaml"))?;
+        .ok_or_else(|| CliError::usage("dlq needs --config WORKER.yaml (or --server URL)"))?;
     let worker_config = load_worker_config(&config, args.queue_url)?;
     let backends = open_backends(&worker_config).await?;
     let queue = &backends.queue;
@@ -81,6 +90,48 @@ pub(super) async fn dlq(args: DlqArgs) -> CliResult {
                     .await?;
             }
             println!("replayed dead letter {id} as task {task}");
+        }
+    }
+    Ok(0)
+}
+
+async fn remote(server: &str, action: DlqAction) -> CliResult {
+    let remote = super::remote::Remote::new(server)?;
+    let json = |v: &serde_json::Value| {
+        serde_json::to_string_pretty(v).map_err(|e| CliError::infra(e.to_string()))
+    };
+    match action {
+        DlqAction::List { limit } => {
+            let doc = remote
+                .get(&format!("/v1/dlq?limit={limit}"), "dlq list")
+                .await?;
+            let letters: Vec<crate::queue::DeadLetter> =
+                serde_json::from_value(doc["dead_letters"].clone())
+                    .map_err(|e| CliError::infra(format!("dlq list: unexpected answer: {e}")))?;
+            for entry in letters {
+                println!(
+                    "{}\ttask {}\t{} attempt(s)\t{}",
+                    entry.id,
+                    entry.task_id,
+                    entry.history.len(),
+                    entry.reason
+                );
+            }
+        }
+        DlqAction::Show { id } => {
+            let path = format!("/v1/dlq/{}", super::remote::encode(&id, false));
+            let doc = remote.get(&path, "dlq show").await?;
+            println!("{}", json(&doc["dead_letter"])?);
+        }
+        DlqAction::Replay { id } => {
+            let path = format!("/v1/dlq/{}/replay", super::remote::encode(&id, false));
+            let doc = remote
+                .post(&path, &serde_json::json!({}), "dlq replay")
+                .await?;
+            println!(
+                "replayed dead letter {id} as task {}",
+                doc["task_id"].as_str().unwrap_or("?")
+            );
         }
     }
     Ok(0)

@@ -17,7 +17,9 @@
 //! 3 cancelled, 4 bad input (command line, config, bench, payload).
 
 mod admin;
+mod api_cmd;
 mod dlq;
+mod remote;
 mod results_cmds;
 mod run;
 mod serve;
@@ -137,6 +139,9 @@ enum Command {
     Workers(admin::StoreArgs),
     /// List the runner types this build knows, with their capabilities.
     Backends,
+    /// Serve the HTTP API and the web dashboard over the store; `api token
+    /// add` makes a token.
+    Api(api_cmd::ApiArgs),
 }
 
 /// Run the command line with the factory `make_factory` builds; returns the
@@ -232,7 +237,18 @@ async fn dispatch(command: Command, make: MakeFactory) -> CliResult {
         Command::Migrate(args) => admin::migrate(args).await,
         Command::Workers(args) => admin::workers(args).await,
         Command::Backends => admin::backends(make),
+        Command::Api(args) => api_cmd::api(args, make).await,
     }
+}
+
+/// Percent-encode one URL path segment or query value.
+pub fn encode_component(text: &str) -> String {
+    remote::encode(text, false)
+}
+
+/// Percent-encode a URL path, keeping its `/`.
+pub fn encode_path(text: &str) -> String {
+    remote::encode(text, true)
 }
 
 /// Read a YAML file into `T`; errors name the file and the key (exit 4).

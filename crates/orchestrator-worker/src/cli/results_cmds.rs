@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use runner_core::{BenchSpec, RunnerConfig, TestPayload};
 
+use super::remote::Remote;
 use super::{CliError, CliResult, MakeFactory, load_worker_config, load_yaml, open_backends};
 use crate::results::{Cancelled, cancel, fetch_artifact, read_artifact, unsettled_of};
 use crate::store::{ExecState, ExecutionRecord, HistoryFilter};
@@ -19,8 +20,12 @@ pub struct StatusArgs {
     /// The execution key.
     key: String,
     /// The worker config (YAML) naming the store.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    /// Ask this API server instead of the store (`ORCHESTRATOR_TOKEN`
+    /// holds the token); `--config` wins when both are given.
+    #[arg(long, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
     /// Print the record as JSON.
     #[arg(long)]
     json: bool,
@@ -32,7 +37,27 @@ fn json_out(value: serde_json::Value) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn record(config: &std::path::Path, key: &str) -> Result<ExecutionRecord, CliError> {
+/// The store's worker config, or else the API server to ask.
+fn source<'a>(
+    config: &'a Option<PathBuf>,
+    server: &'a Option<String>,
+) -> Result<Result<&'a std::path::Path, Remote>, CliError> {
+    match (config, server) {
+        (Some(c), _) => Ok(Ok(c.as_path())),
+        (None, Some(s)) => Ok(Err(Remote::new(s)?)),
+        (None, None) => Err(CliError::usage("give --config WORKER.yaml or --server URL")),
+    }
+}
+
+async fn record(
+    config: &Option<PathBuf>,
+    server: &Option<String>,
+    key: &str,
+) -> Result<ExecutionRecord, CliError> {
+    let config = match source(config, server)? {
+        Ok(config) => config,
+        Err(remote) => return remote.record(key).await,
+    };
     let config = load_worker_config(config, None)?;
     let backends = open_backends(&config).await?;
     backends
@@ -43,7 +68,7 @@ async fn record(config: &std::path::Path, key: &str) -> Result<ExecutionRecord, 
 }
 
 pub(super) async fn status(args: StatusArgs) -> CliResult {
-    let r = record(&args.config, &args.key).await?;
+    let r = record(&args.config, &args.server, &args.key).await?;
     if args.json {
         json_out(serde_json::json!({"version": 1, "execution": r}))?;
         return Ok(0);
@@ -90,8 +115,12 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
     /// The worker config (YAML) naming the store.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    /// Ask this API server instead of the store (`ORCHESTRATOR_TOKEN`
+    /// holds the token); `--config` wins when both are given.
+    #[arg(long, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
     /// Only executions of this correlation id.
     #[arg(long)]
     correlation_id: Option<String>,
@@ -120,8 +149,7 @@ fn parse_state(text: &str) -> Result<ExecState, String> {
 }
 
 pub(super) async fn history(args: HistoryArgs) -> CliResult {
-    let config = load_worker_config(&args.config, None)?;
-    let backends = open_backends(&config).await?;
+    let remote = source(&args.config, &args.server)?.err();
     let filter = HistoryFilter {
         correlation_id: args.correlation_id,
         runner: args.runner,
@@ -132,7 +160,28 @@ pub(super) async fn history(args: HistoryArgs) -> CliResult {
         before_ms: None,
         limit: args.limit as usize,
     };
-    let records = backends.store.executions(&filter).await?;
+    let records = match (&remote, &args.config) {
+        (Some(remote), _) => {
+            let mut q = vec![("limit", filter.limit.to_string())];
+            for (name, value) in [
+                ("correlation_id", filter.correlation_id.clone()),
+                ("runner", filter.runner.clone()),
+                ("state", super::remote::state_name(filter.state)),
+                ("since_ms", filter.since_ms.map(|ms| ms.to_string())),
+            ] {
+                if let Some(v) = value {
+                    q.push((name, v));
+                }
+            }
+            remote.history(&q).await?.0
+        }
+        (None, Some(config)) => {
+            let config = load_worker_config(config, None)?;
+            let backends = open_backends(&config).await?;
+            backends.store.executions(&filter).await?
+        }
+        (None, None) => return Err(CliError::usage("give --config WORKER.yaml or --server URL")),
+    };
     if args.json {
         let next = (records.len() == filter.limit)
             .then(|| records.last().map(|r| r.created_ms))
@@ -167,12 +216,16 @@ pub struct LogsArgs {
     /// The execution key.
     key: String,
     /// The worker config (YAML) naming the store.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    /// Ask this API server instead of the store (`ORCHESTRATOR_TOKEN`
+    /// holds the token); `--config` wins when both are given.
+    #[arg(long, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
 }
 
 pub(super) async fn logs(args: LogsArgs) -> CliResult {
-    let r = record(&args.config, &args.key).await?;
+    let r = record(&args.config, &args.server, &args.key).await?;
     let logs: Vec<_> = r.artifacts.iter().filter(|a| a.kind == "log").collect();
     if logs.is_empty() {
         return Err(CliError::usage(format!(
@@ -185,7 +238,13 @@ pub(super) async fn logs(args: LogsArgs) -> CliResult {
         if logs_many(&r) {
             let _ = writeln!(out, "==> {} <==", log.name);
         }
-        let bytes = read_artifact(log).await.map_err(CliError::infra)?;
+        let bytes = match &args.config {
+            Some(_) => read_artifact(log).await.map_err(CliError::infra)?,
+            None => match source(&args.config, &args.server)? {
+                Err(remote) => remote.artifact_bytes(&r.new.key, log, None).await?,
+                Ok(_) => read_artifact(log).await.map_err(CliError::infra)?,
+            },
+        };
         let _ = out.write_all(&bytes);
     }
     Ok(0)
@@ -201,8 +260,12 @@ pub struct ArtifactsArgs {
     /// The execution key.
     key: String,
     /// The worker config (YAML) naming the store.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    /// Ask this API server instead of the store (`ORCHESTRATOR_TOKEN`
+    /// holds the token); `--config` wins when both are given.
+    #[arg(long, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
     /// Download them here, checking each one's sha256.
     #[arg(long)]
     download: Option<PathBuf>,
@@ -212,10 +275,14 @@ pub struct ArtifactsArgs {
 }
 
 pub(super) async fn artifacts(args: ArtifactsArgs) -> CliResult {
-    let r = record(&args.config, &args.key).await?;
+    let r = record(&args.config, &args.server, &args.key).await?;
     if let Some(dir) = &args.download {
+        let remote = source(&args.config, &args.server)?.err();
         for a in &r.artifacts {
-            let path = fetch_artifact(a, dir).await.map_err(CliError::infra)?;
+            let path = match &remote {
+                Some(remote) => remote.download(&r.new.key, a, dir).await?,
+                None => fetch_artifact(a, dir).await.map_err(CliError::infra)?,
+            };
             eprintln!("» {} ({} B, sha256 verified)", path.display(), a.size);
         }
         return Ok(0);
@@ -243,12 +310,29 @@ pub struct CancelArgs {
     #[arg(long, conflicts_with = "key")]
     correlation_id: Option<String>,
     /// The worker config (YAML) naming the queue and the store.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    /// Ask this API server instead of the store (`ORCHESTRATOR_TOKEN`
+    /// holds the token); `--config` wins when both are given.
+    #[arg(long, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
 }
 
 pub(super) async fn cancel_cmd(args: CancelArgs) -> CliResult {
-    let config = load_worker_config(&args.config, None)?;
+    let config = match source(&args.config, &args.server)? {
+        Ok(config) => config,
+        Err(_) => {
+            let server = args.server.as_deref().unwrap_or_default();
+            let done =
+                super::remote::cancel(server, args.key.as_deref(), args.correlation_id.as_deref())
+                    .await?;
+            for (key, outcome) in done {
+                println!("{key}\t{}", cancel_words(&outcome));
+            }
+            return Ok(0);
+        }
+    };
+    let config = load_worker_config(config, None)?;
     let backends = open_backends(&config).await?;
     let keys = match (&args.key, &args.correlation_id) {
         (Some(key), _) => vec![key.clone()],
@@ -258,15 +342,24 @@ pub(super) async fn cancel_cmd(args: CancelArgs) -> CliResult {
     let by = super::submit_cmd::submitter();
     for key in keys {
         let what = match cancel(&backends, &key, &by).await? {
-            Cancelled::Removed => "removed from the queue (cancelled)",
-            Cancelled::Requested => {
-                "cancel requested: its worker stops it within seconds; artifacts are still collected and the environment torn down"
-            }
-            Cancelled::AlreadySettled => "already settled; nothing changed",
+            Cancelled::Removed => "removed",
+            Cancelled::Requested => "requested",
+            Cancelled::AlreadySettled => "already_settled",
         };
-        println!("{key}\t{what}");
+        println!("{key}\t{}", cancel_words(what));
     }
     Ok(0)
+}
+
+/// What a cancel outcome (`removed`, `requested`, `already_settled`) means.
+fn cancel_words(outcome: &str) -> &'static str {
+    match outcome {
+        "removed" => "removed from the queue (cancelled)",
+        "already_settled" => "already settled; nothing changed",
+        _ => {
+            "cancel requested: its worker stops it within seconds; artifacts are still collected and the environment torn down"
+        }
+    }
 }
 
 /// Arguments of `validate`.

@@ -22,8 +22,12 @@ use crate::task::Task;
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
     /// The worker config (YAML) naming the queue, the store and the runners.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    /// Submit through this API server instead (`ORCHESTRATOR_TOKEN` holds
+    /// the token; the server validates); `--config` wins when both are given.
+    #[arg(long, env = "ORCHESTRATOR_SERVER")]
+    server: Option<String>,
     /// The runner type (optional when the bench names its `runner`).
     #[arg(long)]
     runner: Option<String>,
@@ -264,7 +268,21 @@ fn tasks_of(
 }
 
 pub(super) async fn run(args: SubmitArgs, make: MakeFactory) -> CliResult {
-    let config = load_worker_config(&args.config, args.queue_url.clone())?;
+    let Some(config_path) = &args.config else {
+        let server = args
+            .server
+            .clone()
+            .ok_or_else(|| CliError::usage("give --config WORKER.yaml or --server URL"))?;
+        // The server checks against its runners; here only what needs none.
+        let tasks = tasks_of(&args, &WorkerConfig::default(), &make)?;
+        let wait = args.wait.then_some(super::remote::WaitOptions {
+            timeout: args.timeout,
+            junit: args.junit.as_deref(),
+            detach_on_interrupt: args.detach_on_interrupt,
+        });
+        return super::remote::submit(&server, &tasks, args.batch.is_some(), wait).await;
+    };
+    let config = load_worker_config(config_path, args.queue_url.clone())?;
     let tasks = tasks_of(&args, &config, &make)?;
     let backends = open_backends(&config).await?;
     // The tasks carry this span's trace context, so the worker's trace
