@@ -1,23 +1,4 @@
-//! `Ec2Runner`: tests on EC2 instances.
-//!
-//! - **provision**: adopt an instance already tagged with this execution
-//!   key (a retry after a crash), else claim one from the warm pool, else
-//!   RunInstances with a client token derived from the execution key and
-//!   attempt, tags on the instance and its volumes; wait until it runs and
-//!   its SSM agent is online. An instance that fails to get there is
-//!   terminated before the error returns, so a retry starts clean.
-//! - **run_test**: SSM `AWS-RunShellScript` runs a script ([`script`]) that
-//!   fetches the package and environment from S3, runs the test, and
-//!   uploads output, artifacts and a result to the execution's S3 prefix;
-//!   the adapter polls the command with backoff and follows the output.
-//! - **collect_artifacts**: the objects under the execution's prefix.
-//! - **teardown**: terminate, or return the instance to the pool;
-//!   idempotent.
-//! - **list_owned**: instances tagged with this owner that carry an
-//!   execution key.
-//!
-//! AWS settings come from the SDK's default chain (credentials, region,
-//! `AWS_ENDPOINT_URL` and its per-service forms).
+#![doc = include_str!("../README.md")]
 
 pub mod command;
 pub mod config;

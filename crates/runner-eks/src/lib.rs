@@ -1,27 +1,4 @@
-//! `EksRunner`: tests as Kubernetes batch/v1 Jobs (EKS or any cluster).
-//!
-//! - **provision** validates the runner and bench settings and checks that
-//!   the namespace is reachable with the runner's rights (it lists Jobs
-//!   there, a verb the runner needs anyway). No object is made yet: the
-//!   Job needs the payload, so **run_test** creates it. The handle carries
-//!   the Job's name, derived from the owner and execution key, so a
-//!   redelivered task finds its Job instead of making a second one.
-//! - **run_test** creates the payload's secret values as a Secret and the
-//!   Job ([`job`]: backoffLimit 0, activeDeadlineSeconds from the timeout,
-//!   TTL after finish, labels with the ids, non-root, no privilege
-//!   escalation, requests and limits); watches its pod until it runs;
-//!   follows the test container's log into the sink, resuming a dropped
-//!   stream from the last timestamp with no line lost or repeated
-//!   ([`logs`]); maps the container's end ([`status`]): OOMKilled is a
-//!   failed result with a diagnosis, an eviction a transient error, an
-//!   image that cannot be pulled a permanent one. Cancellation and the
-//!   deadline delete the Job.
-//! - **collect_artifacts**: the log as the runner received it (redacted),
-//!   and the objects the uploader sidecar copied from `/artifacts` to the
-//!   execution's S3 prefix.
-//! - **teardown** deletes the Job with background propagation (its pods
-//!   go too) and the Secret; NotFound is success.
-//! - **list_owned**: Jobs with the managed-by and owner labels.
+#![doc = include_str!("../README.md")]
 
 pub mod api;
 pub mod config;

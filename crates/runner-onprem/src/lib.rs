@@ -1,18 +1,4 @@
-//! `OnPremBenchRunner`: hardware-in-the-loop benches through the
-//! bench-platform API (docs/adapters/onprem-api.yaml).
-//!
-//! - **provision** reserves a bench by type and labels, with the execution
-//!   key as idempotency key, waits (logging the queue position) until the
-//!   reservation is allocated, and starts a heartbeat that keeps the lease
-//!   for the handle's life.
-//! - **run_test** starts a run, follows its log by byte offset into the log
-//!   sink, and maps the end state. A run lost because its bench went
-//!   offline is a transient error, so the retry reserves another bench.
-//! - **collect_artifacts** lists the run's artifacts and downloads them
-//!   (sha256 and size verified) or references them by URI.
-//! - **teardown** stops the heartbeat, cancels a running run and releases
-//!   the reservation; 404 is success.
-//! - **list_owned** lists this owner's live reservations.
+#![doc = include_str!("../README.md")]
 
 pub mod api;
 

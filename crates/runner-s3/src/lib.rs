@@ -1,14 +1,4 @@
-//! The S3 code the cloud backends share: an [`ArtifactStore`] (put with
-//! multipart for large files, ranged reads for growing logs, listing a
-//! prefix into an `ArtifactBundle` with size and sha256), one
-//! classification of AWS SDK errors into the runner [`ErrorKind`]s
-//! ([`classify`]), and loading the SDK configuration from the default
-//! chain ([`load_sdk_config`]).
-//!
-//! Endpoints come from the SDK's own settings (`AWS_ENDPOINT_URL`,
-//! `AWS_ENDPOINT_URL_S3`, profile `endpoint_url`); nothing here hard-codes
-//! one. Path-style addressing, which S3 emulators need, is a flag of
-//! [`s3_client`].
+#![doc = include_str!("../README.md")]
 
 mod errors;
 mod store;

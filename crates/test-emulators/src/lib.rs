@@ -1,26 +1,4 @@
-//! Test set-up for the cloud backends.
-//!
-//! - [`Moto`]: moto's server (EC2, S3, SQS), installed with pip into a
-//!   project-local venv (`target/emulators/venv`, pinned in
-//!   `requirements.txt`) the first time it is needed, started on 127.0.0.1
-//!   on a free port and stopped on drop. The server also stops when the
-//!   process that started it dies, even by SIGKILL: it exits when its
-//!   stdin, a pipe from the parent, closes.
-//! - [`ssm::SsmSim`]: moto's SSM accepts commands but never runs them
-//!   (every command is "Success" with no output), so the ec2 backend's
-//!   tests pair moto with this SSM agent emulator. It speaks the SSM JSON
-//!   protocol and really runs `AWS-RunShellScript` commands on this machine,
-//!   with moto's endpoint in their environment, so a test's script
-//!   uploads its output and artifacts to moto's S3 as it would on an
-//!   instance.
-//!
-//! - [`postgres::Postgres`]: a real PostgreSQL server (Debian's package,
-//!   installed when absent) in a temp dir, on loopback.
-//! - [`chromium::ChromeDriver`]: headless Chromium (Debian's package,
-//!   installed when absent) behind chromedriver on loopback.
-//! - [`debian::ensure_packages`]: the `apt-get` step the servers share.
-//!
-//! Nothing here is for production use; it is a dev-dependency only.
+#![doc = include_str!("../README.md")]
 
 pub mod aws;
 pub mod chromium;
