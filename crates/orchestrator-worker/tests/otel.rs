@@ -66,7 +66,8 @@ async fn each_execution_is_one_trace_continuing_the_submitters() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = WorkerConfig::from_yaml_str(&format!(
-        "queue: {{path: '{}'}}\nrunners: [{{type: local_mock, artifacts_dir: '{}'}}]\n",
+        // The third provision fails (the bad task's, processed last).
+        "queue: {{path: '{}'}}\nrunners: [{{type: local_mock, artifacts_dir: '{}', retries: 0, backend: {{faults: [{{phase: provision, fault: {{kind: permanent}}, every: 3}}]}}}}]\n",
         dir.path().join("journal.sqlite3").display(),
         dir.path().join("art").display()
     ))
@@ -93,8 +94,7 @@ async fn each_execution_is_one_trace_continuing_the_submitters() {
         }
     }
     // A failed phase marks its span as an error.
-    let mut bad = common::mock_task("traced-bad", 0);
-    bad.bench.backend = serde_json::json!({"seed": "not a number"});
+    let bad = common::mock_task("traced-bad", 0);
     queue.enqueue(&bad).await.unwrap();
     let started = Instant::now();
     loop {

@@ -446,7 +446,11 @@ fn run_exit_codes_follow_the_outcome() {
         Some(1)
     );
     let out = run("command: [no-such-program-xyz]\n");
-    assert_eq!(out.status.code(), Some(2), "an infrastructure error");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the test's own input is at fault (invalid_spec)"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("no-such-program-xyz"));
     let bad_yaml = dir.path().join("bad.yaml");
     std::fs::write(&bad_yaml, "command: [unclosed\n").unwrap();

@@ -177,8 +177,10 @@ async fn bad_tasks_go_to_the_dlq_with_a_reason_and_serving_goes_on() {
         .find(|d| d.reason.contains("bench.backend.seed"))
         .unwrap();
     assert_eq!(invalid_entry.history.len(), 1);
+    // Refused when taken, before anything was provisioned.
+    assert_eq!(invalid_entry.history[0].phase, None);
     assert_eq!(
-        invalid_entry.history[0].phase,
-        Some(runner_core::Phase::Provision)
+        invalid_entry.history[0].kind,
+        Some(runner_core::ErrorKind::InvalidSpec)
     );
 }

@@ -31,6 +31,26 @@ pub use pool::Refill;
 #[serde(deny_unknown_fields)]
 struct NoSection {}
 
+/// Where the attempts of `execution_key` keep their files: execution ids
+/// are `KEY.ATTEMPT`, so this is `PREFIX/KEY.`.
+fn attempts_prefix(prefix: &str, execution_key: &str) -> String {
+    let base = prefix.trim_matches('/');
+    if base.is_empty() {
+        format!("{execution_key}.")
+    } else {
+        format!("{base}/{execution_key}.")
+    }
+}
+
+/// Whether `key` is the `env.sh` of one attempt under `attempts` (the
+/// attempt number, then the file: another key that merely starts the
+/// same, `KEY.other/...`, is not).
+fn is_attempt_env_file(attempts: &str, key: &str) -> bool {
+    key.strip_prefix(attempts)
+        .and_then(|rest| rest.strip_suffix("/env.sh"))
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// The runner type in configs and handles.
 pub const RUNNER_TYPE: &str = "ec2";
 
@@ -588,8 +608,27 @@ impl RunnerAdapter for Ec2Runner {
         if ctx.execution_id() != handle.execution_id() {
             env_keys.push(ctx.execution_id());
         }
-        for execution_id in env_keys {
-            let env_key = format!("{}env.sh", self.inner.config.execution_prefix(execution_id));
+        let mut env_keys: Vec<String> = env_keys
+            .into_iter()
+            .map(|id| format!("{}env.sh", self.inner.config.execution_prefix(id)))
+            .collect();
+        // And every other attempt's of this execution key: an attempt whose
+        // worker died after writing its file never tore down.
+        let key_prefix = attempts_prefix(&self.inner.config.prefix, &state.execution_key);
+        match clients.store.list(&key_prefix).await {
+            Ok(objects) => env_keys.extend(
+                objects
+                    .into_iter()
+                    .map(|o| o.key)
+                    .filter(|k| is_attempt_env_file(&key_prefix, k)),
+            ),
+            Err(e) => {
+                tracing::warn!(prefix = %key_prefix, error = %e, "could not list the execution's environment files");
+            }
+        }
+        env_keys.sort();
+        env_keys.dedup();
+        for env_key in env_keys {
             let deleted = clients
                 .store
                 .client()
@@ -679,6 +718,24 @@ impl RunnerAdapter for Ec2Runner {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_attempts_environment_file_and_no_other_keys() {
+        let attempts = super::attempts_prefix("/runs/", "k");
+        assert_eq!(attempts, "runs/k.");
+        assert!(super::is_attempt_env_file(&attempts, "runs/k.1/env.sh"));
+        assert!(super::is_attempt_env_file(&attempts, "runs/k.12/env.sh"));
+        assert!(!super::is_attempt_env_file(
+            &attempts,
+            "runs/k.other.1/env.sh"
+        ));
+        assert!(!super::is_attempt_env_file(
+            &attempts,
+            "runs/k.1/output.log"
+        ));
+        assert!(!super::is_attempt_env_file(&attempts, "runs/k./env.sh"));
+        assert_eq!(super::attempts_prefix("", "k"), "k.");
+    }
+
     use super::*;
 
     #[test]

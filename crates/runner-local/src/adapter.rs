@@ -331,6 +331,7 @@ impl RunnerAdapter for LocalProcessRunner {
             .env("RUNNER_EXECUTION_ID", ctx.execution_id())
             .env("RUNNER_CORRELATION_ID", ctx.correlation_id())
             .env("RUNNER_ATTEMPT", ctx.attempt().to_string())
+            .env(process::MARKER_VAR, &state.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -429,14 +430,28 @@ impl RunnerAdapter for LocalProcessRunner {
         };
         guard.disarm();
         let duration = started.elapsed();
-        // Once the group is gone the pipes close; a grandchild that escaped
-        // into its own session could hold them, so the wait is bounded.
+        // What escaped the group (setsid, a double fork) goes too: it could
+        // hold the pipes open and outlive the test.
+        let dir = state.dir.clone();
+        let escaped = tokio::task::spawn_blocking(move || process::kill_marked(&dir))
+            .await
+            .unwrap_or(0);
+        if escaped > 0 {
+            tracing::debug!(escaped, "killed processes that left the test's group");
+        }
+        // Output still in the pipes is read for a bounded time: a process
+        // that cleared its environment could still hold them.
+        let output_grace = Duration::from_millis(self.config.output_grace_ms);
+        let until = tokio::time::Instant::now() + output_grace;
         for pump in pumps {
-            match tokio::time::timeout(Duration::from_secs(10), pump).await {
+            match tokio::time::timeout_at(until, pump).await {
                 Ok(Ok(Ok(_stats))) => {}
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "log pump failed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "log pump panicked"),
-                Err(_) => tracing::warn!("output pipe still open 10 s after the test ended"),
+                Err(_) => tracing::warn!(
+                    grace_ms = self.config.output_grace_ms,
+                    "output pipe still open after the test ended; not waiting longer"
+                ),
             }
         }
         let result = match end {
@@ -532,6 +547,8 @@ impl RunnerAdapter for LocalProcessRunner {
         if let Some(record) = process::load(&state.group_file()) {
             record.kill();
         }
+        let dir = state.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || process::kill_marked(&dir)).await;
         match tokio::fs::remove_dir_all(&state.dir).await {
             Ok(()) => Ok(()),
             // Already released: teardown is idempotent.

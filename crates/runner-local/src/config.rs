@@ -33,6 +33,14 @@ pub struct LocalConfig {
     /// Each log file stops growing at this size; a marker line says so.
     #[serde(default = "default_max_log")]
     pub max_log_bytes: u64,
+    /// Once the test's main process has exited (and what it started was
+    /// killed), output still in the pipes is read for at most this long.
+    #[serde(default = "default_output_grace")]
+    pub output_grace_ms: u64,
+}
+
+fn default_output_grace() -> u64 {
+    2_000
 }
 
 fn default_root() -> PathBuf {
@@ -61,6 +69,7 @@ impl Default for LocalConfig {
             kill_grace_ms: default_grace(),
             env_passthrough: default_passthrough(),
             max_log_bytes: default_max_log(),
+            output_grace_ms: default_output_grace(),
         }
     }
 }
@@ -85,6 +94,15 @@ impl LocalConfig {
                 format!(
                     "{} is more than the maximum of {MAX_KILL_GRACE_MS} (10 minutes)",
                     local.kill_grace_ms
+                ),
+            );
+        }
+        if local.output_grace_ms > MAX_KILL_GRACE_MS {
+            return invalid(
+                "backend.output_grace_ms",
+                format!(
+                    "{} is more than the maximum of {MAX_KILL_GRACE_MS} (10 minutes)",
+                    local.output_grace_ms
                 ),
             );
         }

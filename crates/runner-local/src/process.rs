@@ -7,6 +7,51 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+/// The variable every test process carries (and what it starts inherits):
+/// its execution's directory. Processes that left the group (`setsid`, a
+/// double fork) are found by it and killed at the end of the run and at
+/// teardown.
+pub(crate) const MARKER_VAR: &str = "ORCHESTRATOR_LOCAL_DIR";
+
+/// SIGKILL every process whose environment carries `MARKER_VAR=dir`, in a
+/// few passes (one may fork while the scan runs). Returns how many.
+pub(crate) fn kill_marked(dir: &Path) -> usize {
+    let needle = format!("{MARKER_VAR}={}", dir.display()).into_bytes();
+    let me = std::process::id();
+    let mut killed = 0;
+    for _ in 0..3 {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return killed;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if u32::try_from(pid).is_ok_and(|p| p == me) {
+                continue;
+            }
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_slice())
+                && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+            {
+                found += 1;
+            }
+        }
+        killed += found;
+        if found == 0 {
+            break;
+        }
+    }
+    killed
+}
+
 /// What teardown needs to find a group again, possibly from another process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct GroupRecord {

@@ -84,7 +84,7 @@ async fn cancellation_mid_run_stops_the_group() {
 }
 
 #[tokio::test]
-async fn missing_command_is_a_permanent_error_naming_it() {
+async fn missing_command_is_an_invalid_spec_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let runner = common::runner(dir.path());
     let ctx = ctx("missing");
@@ -94,7 +94,9 @@ async fn missing_command_is_a_permanent_error_naming_it() {
         ..TestPayload::default()
     };
     let err = runner.run_test(&ctx, &handle, &payload).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Permanent);
+    // The test's own input is at fault: never retried, the field named.
+    assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+    assert_eq!(err.field(), Some("payload.command[0]"));
     assert!(
         err.to_string().contains("definitely-not-a-command-xyz"),
         "{err}"
@@ -371,4 +373,76 @@ async fn one_gib_of_output_keeps_memory_bounded() {
         after < 64 * 1024 + before,
         "peak RSS grew from {before} to {after} KiB"
     );
+}
+
+/// The pid in `file`, once the test wrote it.
+fn pid_in(file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` runs (a zombie does not count).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_daemon_holding_stdout_neither_hangs_the_run_nor_outlives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let (sink, mut rx) = LogSink::channel(256);
+    let ctx = ctx("setsid").with_log_sink(sink);
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let pidfile = dir.path().join("daemon.pid");
+    let payload = common::sh(&format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 20' & sleep 0.5; echo hi",
+        pidfile.display()
+    ));
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(15),
+        runner.run_test(&ctx, &handle, &payload),
+    )
+    .await
+    .expect("the run must not wait for the daemon")
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(result.status, TestStatus::Passed, "{result:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let lines: Vec<String> = rx.drain_now().into_iter().map(|l| l.text).collect();
+    assert!(lines.iter().any(|l| l == "hi"), "{lines:?}");
+    let pid = pid_in(&pidfile).expect("the daemon wrote its pid");
+    assert!(
+        !running(pid),
+        "the escaped daemon was killed at the end of the run"
+    );
+    runner.teardown(&ctx, &handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_double_forked_daemon_with_closed_pipes_is_gone_after_teardown() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let ctx = ctx("double");
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let pidfile = dir.path().join("double.pid");
+    let payload = common::sh(&format!(
+        "(setsid sh -c 'echo $$ > {}; exec >/dev/null 2>&1 </dev/null; exec sleep 40' &) ; sleep 0.5; echo started",
+        pidfile.display()
+    ));
+    let result = runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    assert_eq!(result.status, TestStatus::Passed, "{result:?}");
+    let pid = pid_in(&pidfile).expect("the daemon wrote its pid");
+    runner.teardown(&ctx, &handle).await.unwrap();
+    let mut alive = running(pid);
+    for _ in 0..50 {
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        alive = running(pid);
+    }
+    assert!(!alive, "pid {pid} outlived teardown");
 }

@@ -233,9 +233,16 @@ pub fn check(state: &super::ApiState, task: &Task, prefix: &str) -> Result<(), P
     let ctx = RunContext::new(&task.execution_key, task.correlation())
         .with_execution_key(&task.execution_key);
     crate::validate::task(&**adapter, &ctx, &task.bench, &task.payload)
-        .and_then(|_| match state.config.runners.iter().find(|r| r.runner_type == task.runner) {
-            Some(runner) => crate::validate::allowed(runner, &task.bench, &task.payload, true),
-            None => Ok(()),
+        .and_then(|_| {
+            match state
+                .config
+                .runners
+                .iter()
+                .find(|r| r.runner_type == task.runner)
+            {
+                Some(runner) => crate::validate::allowed(runner, &task.bench, &task.payload, true),
+                None => Ok(()),
+            }
         })
         .map_err(|e| named(e.into()))
 }
