@@ -20,7 +20,7 @@ use runner_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Endpoint, engine_error, is_not_found, status_of};
+use crate::client::{Endpoint, engine_error, is_name_conflict, is_not_found, status_of};
 use crate::config::{
     ARTIFACTS_PATH, ContainerBench, ContainerConfig, ContainerPayload, PullPolicy, Sandbox,
     check_payload,
@@ -474,7 +474,7 @@ impl RunnerAdapter for ContainerRunner {
             .build();
         match docker.create_container(Some(options), body).await {
             Ok(made) => state.id = made.id,
-            Err(e) if status_of(&e) == Some(409) => {
+            Err(e) if is_name_conflict(&e) => {
                 // A retried or redelivered provision: adopt what an earlier
                 // attempt made, if it is this execution's.
                 let existing = docker
@@ -599,7 +599,7 @@ impl RunnerAdapter for ContainerRunner {
                     break;
                 }
                 // Its removal had not finished; try again.
-                Err(e) if status_of(&e) == Some(409) => {
+                Err(e) if is_name_conflict(&e) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => {

@@ -107,6 +107,18 @@ pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     status_of(err) == Some(404)
 }
 
+/// Whether the engine refused a name already in use (Docker says 409;
+/// Podman 4 says 500 "is already in use").
+pub fn is_name_conflict(err: &bollard::errors::Error) -> bool {
+    match err {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 409 || message.contains("already in use"),
+        _ => false,
+    }
+}
+
 /// Whether the request never got an answer (the engine is down, the
 /// socket is missing, the connection broke).
 pub fn is_unreachable(err: &bollard::errors::Error) -> bool {

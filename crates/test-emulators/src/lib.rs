@@ -16,12 +16,16 @@
 //!
 //! - [`postgres::Postgres`]: a real PostgreSQL server (Debian's package,
 //!   installed when absent) in a temp dir, on loopback.
+//! - [`podman::Podman`]: a real container engine (Debian's Podman, installed
+//!   when absent) serving the Docker-compatible API on a unix socket in a
+//!   temp dir, with a test image built from busybox-static.
 //! - [`debian::ensure_packages`]: the `apt-get` step the servers share.
 //!
 //! Nothing here is for production use; it is a dev-dependency only.
 
 pub mod aws;
 pub mod debian;
+pub mod podman;
 pub mod postgres;
 pub mod ssm;
 
