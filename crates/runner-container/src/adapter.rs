@@ -7,10 +7,10 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use runner_core::phase::PhaseMarker;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
@@ -663,14 +663,34 @@ impl RunnerAdapter for ContainerRunner {
                 .build();
             let mut stream = docker.logs(&state.name, Some(options));
             let mut outcome = Ok(());
-            while let Some(frame) = stream.next().await {
-                match frame {
-                    Ok(frame) => live.frame(frame).await,
-                    Err(e) => {
+            let mut ended = false;
+            while !ended {
+                match stream.next().await {
+                    Some(Ok(frame)) => live.take(frame).await,
+                    Some(Err(e)) => {
                         outcome = Err(e);
                         break;
                     }
+                    None => break,
                 }
+                // Frames already here join the same batch; it goes out as
+                // soon as the stream has nothing ready.
+                loop {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(frame))) => live.take(frame).await,
+                        Some(Some(Err(e))) => {
+                            outcome = Err(e);
+                            ended = true;
+                            break;
+                        }
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                live.flush().await;
             }
             live.finish().await;
             outcome
@@ -937,19 +957,12 @@ impl RunnerAdapter for ContainerRunner {
     async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
         let endpoint = &self.endpoint;
         let docker = self.connect(ctx, endpoint)?;
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
-                format!("{}={}", labels::OWNER, self.config.owner),
-            ],
-        )]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let listed = docker
-            .list_containers(Some(options))
+        let labels = [
+            format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            format!("{}={}", labels::OWNER, self.config.owner),
+        ];
+        let timeout = Duration::from_secs(self.config.request_timeout_seconds);
+        let listed = crate::client::list_containers(&docker, endpoint, &labels, timeout)
             .await
             .map_err(|e| engine_error(ctx, endpoint, "listing containers", &e))?;
         let now = std::time::SystemTime::now()
@@ -964,8 +977,7 @@ impl RunnerAdapter for ContainerRunner {
             }
             let Some(name) = container
                 .names
-                .as_ref()
-                .and_then(|n| n.first())
+                .first()
                 .map(|n| n.trim_start_matches('/').to_owned())
             else {
                 continue;
@@ -978,7 +990,7 @@ impl RunnerAdapter for ContainerRunner {
             let state = ContainerState {
                 endpoint: endpoint.clone(),
                 name: name.clone(),
-                id: container.id.clone().unwrap_or_default(),
+                id: container.id.clone(),
                 execution_key: key.clone(),
                 worker: worker.clone(),
                 owner: self.config.owner.clone(),
@@ -994,7 +1006,7 @@ impl RunnerAdapter for ContainerRunner {
                 .with_execution_key(key)
                 .with_execution_id(execution_id)
                 .with_worker(worker);
-            if let Some(created) = container.created.and_then(|c| u64::try_from(c).ok()) {
+            if let Ok(created) = u64::try_from(container.created) {
                 resource = resource.with_age_seconds(now.saturating_sub(created));
             }
             owned.push(resource);

@@ -94,6 +94,127 @@ impl Endpoint {
     }
 }
 
+/// One container as `GET /containers/json` lists it: the fields leak
+/// listing reads, decoded leniently.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Listed {
+    /// Its id.
+    #[serde(default)]
+    pub id: String,
+    /// Its names (`/name` from Docker, `name` from Podman).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Creation time, seconds since the epoch.
+    #[serde(default)]
+    pub created: i64,
+}
+
+/// The containers with every label in `labels` (`key=value`), running or
+/// not.
+///
+/// Podman 4 lists a stopped container with the state `stopped`, which
+/// bollard's typed model refuses (the whole list fails to decode), so over
+/// a unix socket or plain TCP the list is fetched with a small HTTP/1.0
+/// GET and only the fields needed are decoded. With TLS, bollard's typed
+/// call is used (Docker, which never says `stopped`).
+pub async fn list_containers(
+    docker: &Docker,
+    endpoint: &Endpoint,
+    labels: &[String],
+    timeout: std::time::Duration,
+) -> Result<Vec<Listed>, bollard::errors::Error> {
+    let filters = serde_json::json!({ "label": labels }).to_string();
+    if endpoint.tls.is_some() {
+        let filters = std::collections::HashMap::from([("label", labels.to_vec())]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = docker.list_containers(Some(options)).await?;
+        return Ok(listed
+            .into_iter()
+            .map(|c| Listed {
+                id: c.id.unwrap_or_default(),
+                names: c.names.unwrap_or_default(),
+                labels: c.labels,
+                created: c.created.unwrap_or_default(),
+            })
+            .collect());
+    }
+    let path = format!(
+        "/v{}.{}/containers/json?all=1&filters={}",
+        API_VERSION.major_version,
+        API_VERSION.minor_version,
+        percent_encode(&filters)
+    );
+    let body = tokio::time::timeout(timeout, raw_get(endpoint, &path))
+        .await
+        .map_err(|_| bollard::errors::Error::RequestTimeoutError)??;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET path` with HTTP/1.0 (the server answers unchunked and closes);
+/// the body of a 200, else the engine's error. At most 64 MiB.
+async fn raw_get(endpoint: &Endpoint, path: &str) -> Result<Vec<u8>, bollard::errors::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX: u64 = 64 * 1024 * 1024;
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n");
+    let mut response = Vec::new();
+    if let Some(socket) = endpoint.address.strip_prefix("unix://") {
+        let mut stream = tokio::net::UnixStream::connect(socket).await?;
+        stream.write_all(request.as_bytes()).await?;
+        (&mut stream).take(MAX).read_to_end(&mut response).await?;
+    } else {
+        let host = endpoint
+            .address
+            .trim_start_matches("tcp://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        stream.write_all(request.as_bytes()).await?;
+        (&mut stream).take(MAX).read_to_end(&mut response).await?;
+    }
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("the engine's answer has no header end"))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
+    let body = response.split_off(split + 4);
+    if status != 200 {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: status,
+            message,
+        });
+    }
+    Ok(body)
+}
+
 /// The HTTP status of an engine's answer, if the error is one.
 pub fn status_of(err: &bollard::errors::Error) -> Option<u16> {
     match err {

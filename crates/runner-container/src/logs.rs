@@ -92,9 +92,18 @@ impl LiveLogs {
         }
     }
 
-    /// Take one frame of the stream; what it completed goes to the sink now,
-    /// so live output stays live.
+    /// Take one frame of the stream and send what it completed now, so
+    /// live output stays live.
+    #[cfg(test)]
     pub(crate) async fn frame(&mut self, frame: LogOutput) {
+        self.take(frame).await;
+        self.flush().await;
+    }
+
+    /// Take one frame of the stream; its complete lines join the batch
+    /// (a full batch is sent at once). Podman frames each line, so the
+    /// caller takes every frame already there before it [`Self::flush`]es.
+    pub(crate) async fn take(&mut self, frame: LogOutput) {
         let (lines, stream, bytes) = match &frame {
             LogOutput::StdOut { message } | LogOutput::Console { message } => {
                 (&mut self.stdout, LogStream::Stdout, message)
@@ -115,6 +124,10 @@ impl LiveLogs {
         for mut batch in full {
             self.sink.send_batch(&mut batch).await;
         }
+    }
+
+    /// Send the lines gathered so far.
+    pub(crate) async fn flush(&mut self) {
         self.sink.send_batch(&mut self.batch).await;
     }
 
