@@ -19,6 +19,7 @@ const BACKENDS: &[(&str, &str, &str)] = &[
     ("ec2", "runner-ec2", "contract"),
     ("eks", "runner-eks", "contract"),
     ("onprem", "runner-onprem", "contract"),
+    ("container", "runner-container", "contract"),
 ];
 
 fn main() -> ExitCode {

@@ -39,7 +39,8 @@ impl RunnerFactory {
     }
 
     /// A factory with every built-in backend this build has (cargo features
-    /// `local`, `mock`, `ec2`, `eks` and `onprem`, all on by default).
+    /// `local`, `mock`, `ec2`, `eks`, `onprem` and `container`, all on by
+    /// default).
     pub fn with_builtins(metrics: Metrics) -> Self {
         #[allow(unused_mut)]
         let mut factory = Self::empty(metrics);
@@ -60,6 +61,12 @@ impl RunnerFactory {
         #[cfg(feature = "onprem")]
         factory.register(runner_onprem::RUNNER_TYPE, |config| {
             Ok(Arc::new(runner_onprem::OnPremBenchRunner::from_config(
+                config,
+            )?))
+        });
+        #[cfg(feature = "container")]
+        factory.register(runner_container::RUNNER_TYPE, |config| {
+            Ok(Arc::new(runner_container::ContainerRunner::from_config(
                 config,
             )?))
         });

@@ -285,9 +285,15 @@ pub fn task(
 ) -> Result<(), Invalid> {
     payload_common(payload)?;
     crate::secrets::check_references(payload, adapter.runner_type())?;
-    adapter.validate(ctx, bench, payload).map_err(|e| Invalid {
-        field: e.field().unwrap_or("bench").to_owned(),
-        message: e.detail(),
+    adapter.validate(ctx, bench, payload).map_err(|e| {
+        let field = e.field().unwrap_or("bench").to_owned();
+        // An invalid_spec message already names the field; say it once.
+        let detail = e.detail();
+        let message = detail
+            .strip_prefix(&format!("invalid field `{field}`: "))
+            .map(str::to_owned)
+            .unwrap_or(detail);
+        Invalid { field, message }
     })
 }
 
@@ -306,6 +312,32 @@ mod tests {
         let err = runner_type(Some("local"), &bench).unwrap_err();
         assert_eq!(err.field, "bench.runner");
         assert!(err.message.contains("onprem") && err.message.contains("local"));
+    }
+
+    /// The factory's layers pass `validate` through to the backend (the
+    /// trait's default would accept everything).
+    #[cfg(feature = "container")]
+    #[test]
+    fn a_backends_own_check_reaches_through_the_layers_and_names_the_field_once() {
+        let factory = crate::factory::RunnerFactory::with_builtins(crate::Metrics::new());
+        let config = runner_core::RunnerConfig::from_yaml_str(
+            "type: container\nbackend: {image: example/tests:1}\n",
+        )
+        .unwrap();
+        let adapter = factory.create(&config).unwrap();
+        let ctx = RunContext::new("e", "c");
+        let payload = TestPayload {
+            command: vec!["true".into()],
+            ..TestPayload::default()
+        };
+        let bench = BenchSpec {
+            backend: serde_json::json!({"memory_mb": 1}),
+            ..BenchSpec::default()
+        };
+        let err = task(adapter.as_ref(), &ctx, &bench, &payload).unwrap_err();
+        assert_eq!(err.field, "bench.backend.memory_mb");
+        assert!(err.message.starts_with("must be between"), "{err}");
+        assert!(task(adapter.as_ref(), &ctx, &BenchSpec::default(), &payload).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod chromium;
 pub mod debian;
+pub mod podman;
 pub mod postgres;
 pub mod ssm;
 

@@ -112,6 +112,9 @@ impl<L: Around> RunnerAdapter for Wrapped<L> {
         self.inner.capabilities()
     }
 
+    // Checking makes nothing and calls nothing outside: no layer applies,
+    // but without this the trait's accept-everything default would answer
+    // for every backend.
     fn validate(
         &self,
         ctx: &RunContext,
