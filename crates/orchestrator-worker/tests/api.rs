@@ -807,7 +807,14 @@ fn the_cli_through_the_api_from_a_machine_without_the_store() {
             "junit.xml",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n--- serve.log:\n{}\n--- api.log:\n{}",
+        text(&out),
+        std::fs::read_to_string(d.join("serve.log")).unwrap_or_default(),
+        std::fs::read_to_string(d.join("api.log")).unwrap_or_default()
+    );
     assert!(
         text(&out).contains("result     failed (exit code 3)"),
         "{}",
