@@ -621,10 +621,15 @@ impl EksRunner {
             attempt: ctx.attempt(),
             worker: ctx.worker_id(),
         };
-        let timeout = payload
-            .timeout_seconds
-            .map(Duration::from_secs)
-            .or_else(|| ctx.remaining());
+        // The smaller of the test's own limit and the phase's deadline: a
+        // Job whose worker died then still ends on its own.
+        let timeout = match (
+            payload.timeout_seconds.map(Duration::from_secs),
+            ctx.remaining(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let store_uri = config
             .execution_prefix(ctx.execution_id())
             .zip(config.artifacts.as_ref())

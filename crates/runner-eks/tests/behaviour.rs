@@ -517,3 +517,26 @@ fn the_example_runner_config_is_valid() {
         .to_string();
     assert!(err.contains("backend.namespace"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runners_deadline_reaches_the_job_without_a_payload_timeout() {
+    let s = setup().await;
+    // The worker's time limit layer sets the phase deadline on the context;
+    // the payload sets no limit of its own.
+    let ctx = ctx("phase-deadline")
+        .with_deadline(std::time::Instant::now() + std::time::Duration::from_secs(120));
+    let handle = s.runner.provision(&ctx, &common::bench()).await.unwrap();
+    let payload = common::payload(&[("SIM_LINES", "1")]);
+    assert_eq!(payload.timeout_seconds, None);
+    let result = s.runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    assert_eq!(result.status, TestStatus::Passed, "{result:?}");
+    let job = s
+        .fake
+        .job(&handle.handle_id()[6..])
+        .expect("the Job is kept until teardown");
+    let deadline = job["spec"]["activeDeadlineSeconds"]
+        .as_i64()
+        .expect("activeDeadlineSeconds is set from the phase deadline");
+    assert!((110..=120).contains(&deadline), "{deadline}");
+    s.runner.teardown(&ctx, &handle).await.unwrap();
+}
