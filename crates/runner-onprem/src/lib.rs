@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+mod config;
+mod session;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -10,15 +13,18 @@ use std::time::Duration;
 use reqwest::Method;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
-    CancellationToken, Capabilities, ConfigError, ErrorKind, ExecutionError, LogBatch, LogStream,
-    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle,
-    TeardownError, TestPayload, TestResult, TestStatus, async_trait, decode_spec,
+    CancellationToken, Capabilities, ExecutionError, LogBatch, LogStream, OwnedResource,
+    ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError, TestPayload,
+    TestResult, TestStatus, async_trait, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 
 pub use api::{Api, ApiError, RetryPolicy, Token};
+pub use config::{BenchBackend, OnPremConfig};
+use session::map_run_end;
+use wire::*;
 
 /// The payload's `backend:` section: this backend has none, so any key in
 /// it is refused instead of being ignored.
@@ -29,148 +35,6 @@ struct NoSection {}
 /// The runner type in configs and handles.
 pub const RUNNER_TYPE: &str = "onprem";
 
-/// The runner's `backend:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnPremConfig {
-    /// The platform's base URL (`https://benches.example/`).
-    pub base_url: String,
-    /// The environment variable holding the bearer token. The token itself
-    /// never sits in a config file.
-    #[serde(default = "default_token_env")]
-    pub token_env: String,
-    /// Who owns reservations made by this runner (leak listing looks at these).
-    #[serde(default = "default_owner")]
-    pub owner: String,
-    /// Lease asked for; the heartbeat renews it at a third of this.
-    #[serde(default = "default_lease")]
-    pub lease_seconds: u64,
-    /// Reservation and run status polling, milliseconds.
-    #[serde(default = "default_poll")]
-    pub poll_ms: u64,
-    /// How long one log request may wait for new output (long poll).
-    #[serde(default = "default_log_wait")]
-    pub log_wait_ms: u64,
-    /// Per-request timeout.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_ms: u64,
-    /// Attempts per API call (5xx, connection failures, 429).
-    #[serde(default = "default_attempts")]
-    pub attempts: u32,
-    /// First retry backoff; doubles up to `backoff_max_ms`.
-    #[serde(default = "default_backoff_base")]
-    pub backoff_base_ms: u64,
-    /// Backoff cap.
-    #[serde(default = "default_backoff_max")]
-    pub backoff_max_ms: u64,
-    /// Download artifacts into the runner's artifacts directory (else
-    /// reference them by URI).
-    #[serde(default = "yes")]
-    pub download_artifacts: bool,
-    /// How long provision waits for an allocation when the context has no deadline.
-    #[serde(default = "default_provision_wait")]
-    pub provision_wait_seconds: u64,
-}
-
-fn default_token_env() -> String {
-    "BENCH_API_TOKEN".into()
-}
-fn default_owner() -> String {
-    "test-orchestrator".into()
-}
-fn default_lease() -> u64 {
-    60
-}
-fn default_poll() -> u64 {
-    500
-}
-fn default_log_wait() -> u64 {
-    1_000
-}
-fn default_request_timeout() -> u64 {
-    15_000
-}
-fn default_attempts() -> u32 {
-    5
-}
-fn default_backoff_base() -> u64 {
-    200
-}
-fn default_backoff_max() -> u64 {
-    5_000
-}
-fn default_provision_wait() -> u64 {
-    1_800
-}
-fn yes() -> bool {
-    true
-}
-
-impl OnPremConfig {
-    /// Check what serde cannot; the error is `(dotted key, message)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: &str| Err((format!("backend.{k}"), m.to_string()));
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return bad("base_url", "must be an http:// or https:// URL");
-        }
-        if let Err(e) = reqwest::Url::parse(&self.base_url) {
-            return Err((
-                "backend.base_url".into(),
-                format!("{:?} is not a valid URL: {e}", self.base_url),
-            ));
-        }
-        const HOUR_MS: u64 = 3_600_000;
-        for (key, value, max) in [
-            ("lease_seconds", self.lease_seconds, 86_400),
-            ("poll_ms", self.poll_ms, HOUR_MS),
-            ("log_wait_ms", self.log_wait_ms, HOUR_MS),
-            ("request_timeout_ms", self.request_timeout_ms, HOUR_MS),
-            ("backoff_base_ms", self.backoff_base_ms, HOUR_MS),
-            ("backoff_max_ms", self.backoff_max_ms, HOUR_MS),
-            (
-                "provision_wait_seconds",
-                self.provision_wait_seconds,
-                runner_core::config::MAX_TIMEOUT_SECONDS,
-            ),
-            ("attempts", u64::from(self.attempts), 100),
-        ] {
-            if value > max {
-                return Err((
-                    format!("backend.{key}"),
-                    format!("{value} is more than the maximum of {max}"),
-                ));
-            }
-        }
-        if self.request_timeout_ms == 0 {
-            return bad("request_timeout_ms", "must be above 0");
-        }
-        if self.lease_seconds < 3 {
-            return bad("lease_seconds", "must be at least 3");
-        }
-        if self.attempts == 0 {
-            return bad("attempts", "must be at least 1");
-        }
-        if self.poll_ms == 0 {
-            return bad("poll_ms", "must be above 0");
-        }
-        if self.owner.trim().is_empty() {
-            return bad("owner", "must not be empty");
-        }
-        Ok(())
-    }
-}
-
-/// The bench's `backend:` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BenchBackend {
-    /// Bench type to reserve.
-    pub bench_type: String,
-    /// Labels the bench must have.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
 /// What a handle carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnPremState {
@@ -180,64 +44,6 @@ pub struct OnPremState {
     pub bench_id: String,
     /// Its idempotency key (the execution key).
     pub execution_key: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Reservation {
-    id: String,
-    state: String,
-    #[serde(default)]
-    position: Option<u64>,
-    #[serde(default)]
-    bench_id: Option<String>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    created_at: Option<u64>,
-    #[serde(default)]
-    ended_reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Reservations {
-    reservations: Vec<Reservation>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Run {
-    id: String,
-    state: String,
-    #[serde(default)]
-    exit_code: Option<i32>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Runs {
-    runs: Vec<Run>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LogChunk {
-    next_offset: u64,
-    data: String,
-    complete: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct RemoteArtifact {
-    name: String,
-    uri: String,
-    size: u64,
-    sha256: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Artifacts {
-    artifacts: Vec<RemoteArtifact>,
 }
 
 /// The on-prem backend.
@@ -266,204 +72,6 @@ impl Drop for OnPremBenchRunner {
         {
             token.cancel();
         }
-    }
-}
-
-impl OnPremBenchRunner {
-    /// A runner with an explicit token.
-    pub fn new(
-        config: OnPremConfig,
-        token: Token,
-        artifacts_dir: PathBuf,
-    ) -> Result<OnPremBenchRunner, ConfigError> {
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
-        let retry = RetryPolicy {
-            attempts: config.attempts,
-            base: Duration::from_millis(config.backoff_base_ms),
-            max: Duration::from_millis(config.backoff_max_ms),
-            max_retry_after: Duration::from_secs(60),
-        };
-        let api = Api::new(
-            &config.base_url,
-            token,
-            Duration::from_millis(config.request_timeout_ms),
-            retry,
-        )
-        .map_err(|message| ConfigError::Invalid {
-            key: "backend.base_url".into(),
-            message,
-        })?;
-        Ok(OnPremBenchRunner {
-            config,
-            artifacts_dir,
-            api,
-            heartbeats: Arc::default(),
-        })
-    }
-
-    /// From a runner config; the token comes from the variable `token_env` names.
-    pub fn from_config(config: &RunnerConfig) -> Result<OnPremBenchRunner, ConfigError> {
-        let backend: OnPremConfig = config.backend_section()?;
-        // The settings first: a bad URL is worth knowing before a missing token.
-        backend
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
-        let token = std::env::var(&backend.token_env).map_err(|_| ConfigError::Invalid {
-            key: "backend.token_env".into(),
-            message: format!(
-                "the environment variable {} (the API token) is not set",
-                backend.token_env
-            ),
-        })?;
-        OnPremBenchRunner::new(backend, Token::new(token), config.artifacts_dir.clone())
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &OnPremConfig {
-        &self.config
-    }
-
-    /// Whether a heartbeat is running for a reservation (tests).
-    pub fn is_heartbeating(&self, reservation_id: &str) -> bool {
-        self.heartbeats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(reservation_id)
-    }
-
-    /// Stop heartbeating a reservation without releasing it (what a dead
-    /// worker does; tests use it to let a lease expire).
-    pub fn stop_heartbeat(&self, reservation_id: &str) {
-        if let Some(token) = self
-            .heartbeats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(reservation_id)
-        {
-            token.cancel();
-        }
-    }
-
-    fn ensure_heartbeat(&self, reservation_id: &str) {
-        let mut beats = self.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
-        if beats.contains_key(reservation_id) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let token = CancellationToken::new();
-        beats.insert(reservation_id.to_string(), token.clone());
-        let api = self.api.clone();
-        let path = format!("/v1/reservations/{reservation_id}/heartbeat");
-        let every = Duration::from_secs(self.config.lease_seconds.max(3) / 3);
-        let id = reservation_id.to_string();
-        let beats = self.heartbeats.clone();
-        runtime.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                match api.json::<serde_json::Value>(Method::POST, &path, None, None).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_status(404) || e.is_status(409) => {
-                        tracing::warn!(reservation = %id, error = %e, "the reservation ended; heartbeat stops");
-                        beats.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                        return;
-                    }
-                    Err(e) => tracing::warn!(reservation = %id, error = %e, "heartbeat failed; will retry"),
-                }
-            }
-        });
-    }
-
-    fn deadline(&self, ctx: &RunContext) -> Instant {
-        ctx.deadline().map(Instant::from_std).unwrap_or_else(|| {
-            Instant::now() + Duration::from_secs(self.config.provision_wait_seconds)
-        })
-    }
-
-    async fn release(&self, reservation_id: &str) -> Result<(), ApiError> {
-        self.stop_heartbeat(reservation_id);
-        match self
-            .api
-            .bytes(
-                Method::DELETE,
-                &format!("/v1/reservations/{reservation_id}"),
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_status(404) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The run of this execution on a reservation (the one whose
-    /// idempotency key is the execution id, else the latest).
-    async fn find_run(
-        &self,
-        reservation_id: &str,
-        execution_id: &str,
-    ) -> Result<Option<Run>, ApiError> {
-        let runs: Runs = self
-            .api
-            .json(
-                Method::GET,
-                &format!("/v1/reservations/{reservation_id}/runs"),
-                None,
-                None,
-            )
-            .await?;
-        let mine = runs
-            .runs
-            .iter()
-            .find(|r| r.idempotency_key.as_deref() == Some(execution_id))
-            .cloned();
-        Ok(mine.or_else(|| runs.runs.last().cloned()))
-    }
-}
-
-fn map_run_end(
-    run_id: &str,
-    state: &str,
-    exit_code: Option<i32>,
-    error: Option<&str>,
-    elapsed: Duration,
-) -> Result<TestResult, (ErrorKind, String)> {
-    match state {
-        "passed" => Ok(TestResult::from_exit_code(exit_code.unwrap_or(0), elapsed)),
-        "failed" => Ok(TestResult::from_exit_code(exit_code.unwrap_or(1), elapsed)),
-        "timed_out" => Ok(TestResult::new(TestStatus::TimedOut, elapsed)
-            .with_diagnosis("bench", format!("run {run_id} hit its timeout"))),
-        "cancelled" => Ok(
-            TestResult::new(TestStatus::Cancelled, elapsed).with_diagnosis(
-                "bench",
-                format!(
-                    "run {run_id} was cancelled ({})",
-                    error.unwrap_or("by request")
-                ),
-            ),
-        ),
-        "error" => Ok(TestResult::new(TestStatus::Error, elapsed).with_diagnosis(
-            "bench",
-            format!("run {run_id}: {}", error.unwrap_or("error")),
-        )),
-        "lost" => Err((
-            ErrorKind::Transient,
-            format!(
-                "run {run_id} was cut off: {} (the retry reserves another bench)",
-                error.unwrap_or("the bench went away")
-            ),
-        )),
-        other => Err((
-            ErrorKind::Permanent,
-            format!("run {run_id} ended in an unknown state {other:?}"),
-        )),
     }
 }
 
