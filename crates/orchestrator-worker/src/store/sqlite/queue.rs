@@ -159,7 +159,9 @@ impl TaskQueue for SqliteStore {
         let (task, new) = (task.clone(), new.clone());
         let attributes = attributes_json();
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             if let Some(existing) = insert_submission(&tx, &task, &new, &attributes)? {
                 return Ok(existing);
             }
@@ -177,7 +179,9 @@ impl TaskQueue for SqliteStore {
         let tasks = tasks.to_vec();
         let attributes = attributes_json();
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             let mut ids = Vec::with_capacity(tasks.len());
             let mut existing = Vec::new();
             for (task, new) in &tasks {
@@ -305,7 +309,9 @@ impl TaskQueue for SqliteStore {
         let (lease, reason) = (lease.clone(), reason.to_owned());
         let history = history_with(&lease, record);
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             let now = now();
             Self::settle(
                 &tx,
@@ -391,7 +397,9 @@ impl TaskQueue for SqliteStore {
         let key = Self::parse_id(id, "dead letter")?;
         let id = id.to_owned();
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             let body: Option<String> = tx
                 .query_row_cached(
                     "SELECT body FROM dead_letters WHERE id = ?1 AND replayed = 0",

@@ -57,7 +57,9 @@ fn to_entry(row: EntryRow, now: i64, stale: i64) -> Result<JournalEntry> {
 }
 
 fn claim(c: &mut Connection, key: &str, worker: &str, stale: i64) -> Result<Claim> {
-    let tx = c.transaction().map_err(store_err)?;
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(store_err)?;
     let now = now();
     let row = tx
         .query_row_cached(
@@ -96,7 +98,9 @@ fn sightings(
     ids: &[String],
     record: bool,
 ) -> Result<BTreeMap<String, Duration>> {
-    let tx = c.transaction().map_err(store_err)?;
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(store_err)?;
     let now = now();
     let mut known: BTreeMap<String, i64> = BTreeMap::new();
     {
@@ -402,7 +406,9 @@ impl Store for SqliteStore {
     async fn create_execution(&self, new: &NewExecution) -> Result<Created> {
         let new = new.clone();
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             if let Some(existing) = records::get(&tx, &new.key)? {
                 return Ok(Created::Existing(Box::new(existing)));
             }
@@ -416,7 +422,9 @@ impl Store for SqliteStore {
     async fn create_executions(&self, batch: &[NewExecution]) -> Result<()> {
         let batch = batch.to_vec();
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             let now = now();
             let mut existing = Vec::new();
             for new in &batch {
@@ -460,7 +468,9 @@ impl Store for SqliteStore {
         }
         let updates = updates.to_vec();
         self.with(move |c| {
-            let tx = c.transaction().map_err(store_err)?;
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
             for update in &updates {
                 records::apply(&tx, update)?;
             }
