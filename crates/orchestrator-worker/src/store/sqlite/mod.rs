@@ -239,8 +239,24 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|e| fail("cannot open", &e))?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(|e| fail("cannot configure", &e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| fail("cannot open (is it an SQLite database?)", &e))?;
+        // Switching to WAL takes an exclusive lock and does not wait on the
+        // busy handler: while another process opens (and migrates) the same
+        // new file it fails at once with "database is locked", so retry.
+        let started = std::time::Instant::now();
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(fail("cannot open (is it an SQLite database?)", &e)),
+            }
+        }
         // WAL with NORMAL is durable against process crashes (what workers
         // face); only an OS crash may lose the last transactions.
         conn.pragma_update(None, "synchronous", "NORMAL")
