@@ -246,3 +246,35 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
         Err(format!("not an HTTP answer: {text:?}"))
     }
 }
+
+/// How a server this crate just started came up.
+pub(crate) enum Started {
+    /// It answers.
+    Ready,
+    /// Its process exited first, with this status.
+    Exited(std::process::ExitStatus),
+    /// It neither answered nor exited within the bound.
+    TimedOut,
+}
+
+/// Poll `ready` every 50 ms until it answers, `child` exits, or `bound`
+/// passes: the start-up wait every server here shares.
+pub(crate) fn wait_ready(
+    child: &mut std::process::Child,
+    bound: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Started {
+    let started = std::time::Instant::now();
+    loop {
+        if ready() {
+            return Started::Ready;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Started::Exited(status);
+        }
+        if started.elapsed() > bound {
+            return Started::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -288,30 +288,24 @@ impl Podman {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting podman system service: {e}"))?;
+        let mut child = child;
+        self.stdin = child.stdin.take();
+        let started = crate::wait_ready(&mut child, START_BOUND, || ping(&socket));
         self.child = Some(child);
-        self.stdin = self.child.as_mut().and_then(|c| c.stdin.take());
-        let started = Instant::now();
-        loop {
-            if ping(&socket) {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+        match started {
+            crate::Started::Ready => Ok(()),
+            crate::Started::Exited(status) => {
                 let log = std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default();
                 self.child = None;
-                return Err(format!("podman system service exited ({status}): {log}"));
+                Err(format!("podman system service exited ({status}): {log}"))
             }
-            if started.elapsed() > START_BOUND {
+            crate::Started::TimedOut => {
                 self.shutdown();
-                return Err(format!(
+                Err(format!(
                     "podman system service: no answer on {} within {START_BOUND:?}",
                     socket.display()
-                ));
+                ))
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

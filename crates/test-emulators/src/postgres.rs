@@ -180,30 +180,24 @@ impl Postgres {
         .spawn()
         .map_err(|e| format!("starting postgres: {e}"))?;
         self.stdin = None;
+        let mut child = child;
+        self.stdin = child.stdin.take();
+        let started = crate::wait_ready(&mut child, START_BOUND, || self.ready());
         self.child = Some(child);
-        self.stdin = self.child.as_mut().and_then(|c| c.stdin.take());
-        let started = Instant::now();
-        loop {
-            if self.ready() {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+        match started {
+            crate::Started::Ready => Ok(()),
+            crate::Started::Exited(status) => {
                 let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
                 self.child = None;
-                return Err(format!("postgres exited ({status}): {log}"));
+                Err(format!("postgres exited ({status}): {log}"))
             }
-            if started.elapsed() > START_BOUND {
+            crate::Started::TimedOut => {
                 self.shutdown();
-                return Err(format!(
+                Err(format!(
                     "no answer on 127.0.0.1:{} within {START_BOUND:?}",
                     self.port
-                ));
+                ))
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
