@@ -1,9 +1,11 @@
 //! Secret references in a payload's env, resolved by the worker where the
 //! test runs and never stored: `{secret: {env: NAME}}` (the worker's
-//! environment) and `{secret: {file: PATH}}` here; `{secret: {kubernetes:
-//! {name, key}}}` is left for the eks backend, which hands it to the
-//! kubelet as a `secretKeyRef`. A queued task must not carry a literal
-//! secret value ([`refuse_literals`]).
+//! environment), `{secret: {file: PATH}}`, `{secret: {aws_secretsmanager:
+//! ID, key: K}}` and `{secret: {aws_ssm_parameter: NAME}}` (read with the
+//! worker's AWS credentials, the SDK's standard chain) here; `{secret:
+//! {kubernetes: {name, key}}}` is left for the eks backend, which hands it
+//! to the kubelet as a `secretKeyRef`. A queued task must not carry a
+//! literal secret value ([`refuse_literals`]).
 
 use runner_core::{EnvVar, ErrorKind, TestPayload};
 
@@ -68,12 +70,13 @@ pub fn check_references(payload: &TestPayload, runner_type: &str) -> Result<(), 
                 message: "kubernetes secrets are read by the eks backend only".into(),
             });
         }
-        if reference.aws_secretsmanager.is_some() || reference.aws_ssm_parameter.is_some() {
+        if !cfg!(feature = "aws-secrets")
+            && (reference.aws_secretsmanager.is_some() || reference.aws_ssm_parameter.is_some())
+        {
             return Err(Invalid {
                 field,
-                message: "AWS Secrets Manager and SSM parameter references are not resolved by \
-                          this version yet; use env or file (for example a file the instance \
-                          profile's agent writes)"
+                message: "this worker was built without the `aws-secrets` feature; \
+                          use an env or file reference"
                     .into(),
             });
         }
@@ -83,8 +86,9 @@ pub fn check_references(payload: &TestPayload, runner_type: &str) -> Result<(), 
 
 /// The payload with every env and file reference replaced by its value,
 /// marked secret (so every redactor built from it masks it). Kubernetes
-/// references stay for the eks backend.
-pub fn resolve(payload: &TestPayload) -> Result<TestPayload, SecretError> {
+/// references stay for the eks backend. AWS references are read with one
+/// set of clients built on first use from the SDK's standard settings.
+pub async fn resolve(payload: &TestPayload) -> Result<TestPayload, SecretError> {
     let mut resolved = payload.clone();
     for (name, value) in resolved.env.iter_mut() {
         let Some(reference) = value.reference().cloned() else {
@@ -111,6 +115,10 @@ pub fn resolve(payload: &TestPayload) -> Result<TestPayload, SecretError> {
             }
         } else if let Some(path) = &reference.file {
             read_file(path).map_err(|(m, k)| fail(m, k))?
+        } else if reference.aws_secretsmanager.is_some() || reference.aws_ssm_parameter.is_some() {
+            aws::resolve(&reference)
+                .await
+                .map_err(|(m, k)| fail(m, k))?
         } else {
             continue;
         };
@@ -123,6 +131,48 @@ pub fn resolve(payload: &TestPayload) -> Result<TestPayload, SecretError> {
         };
     }
     Ok(resolved)
+}
+
+/// AWS Secrets Manager and SSM parameters, with the worker's credentials.
+#[cfg(feature = "aws-secrets")]
+mod aws {
+    use runner_core::{ErrorKind, SecretRef};
+    use runner_s3::SecretClients;
+    use tokio::sync::OnceCell;
+
+    static CLIENTS: OnceCell<SecretClients> = OnceCell::const_new();
+
+    pub(super) async fn resolve(reference: &SecretRef) -> Result<String, (String, ErrorKind)> {
+        let clients = CLIENTS
+            .get_or_init(|| async { SecretClients::new(&runner_s3::load_sdk_config(None).await) })
+            .await;
+        let got = if let Some(id) = &reference.aws_secretsmanager {
+            clients.secretsmanager(id, reference.key.as_deref()).await
+        } else if let Some(name) = &reference.aws_ssm_parameter {
+            clients.ssm_parameter(name).await
+        } else {
+            return Err(("not an AWS reference".into(), ErrorKind::Permanent));
+        };
+        got.map_err(|e| {
+            let hint = match e.kind {
+                ErrorKind::Permanent => " (check the name and the worker's IAM permissions)",
+                _ => "",
+            };
+            (format!("{}{hint}", e.message), e.kind)
+        })
+    }
+}
+
+#[cfg(not(feature = "aws-secrets"))]
+mod aws {
+    use runner_core::{ErrorKind, SecretRef};
+
+    pub(super) async fn resolve(_: &SecretRef) -> Result<String, (String, ErrorKind)> {
+        Err((
+            "this worker was built without the `aws-secrets` feature".into(),
+            ErrorKind::Permanent,
+        ))
+    }
 }
 
 fn read_file(path: &str) -> Result<String, (String, ErrorKind)> {
@@ -165,8 +215,8 @@ mod tests {
         TestPayload::from_yaml(yaml).unwrap()
     }
 
-    #[test]
-    fn references_resolve_and_are_secret() {
+    #[tokio::test]
+    async fn references_resolve_and_are_secret() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tok");
         std::fs::write(&file, "from-a-file\n").unwrap();
@@ -176,7 +226,7 @@ mod tests {
         ));
         check_references(&p, "local").unwrap();
         refuse_literals(&p).unwrap();
-        let r = resolve(&p).unwrap();
+        let r = resolve(&p).await.unwrap();
         assert_eq!(r.env["A"].value(), "from-a-file");
         assert!(r.env["A"].is_secret() && r.env["B"].is_secret());
         assert_eq!(r.env["B"].value(), std::env::var("PATH").unwrap());
@@ -186,15 +236,15 @@ mod tests {
         assert!(!stored.contains("from-a-file"), "{stored}");
     }
 
-    #[test]
-    fn a_missing_source_is_permanent_and_names_the_variable() {
+    #[tokio::test]
+    async fn a_missing_source_is_permanent_and_names_the_variable() {
         let p = payload("command: [x]\nenv: {T: {secret: {env: NO_SUCH_VARIABLE_XYZ}}}\n");
-        let err = resolve(&p).unwrap_err();
+        let err = resolve(&p).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Permanent);
         assert!(err.to_string().contains("payload.env.T"), "{err}");
         assert!(err.to_string().contains("NO_SUCH_VARIABLE_XYZ"), "{err}");
         let p = payload("command: [x]\nenv: {T: {secret: {file: /no/such/file}}}\n");
-        assert_eq!(resolve(&p).unwrap_err().kind, ErrorKind::Permanent);
+        assert_eq!(resolve(&p).await.unwrap_err().kind, ErrorKind::Permanent);
     }
 
     #[test]

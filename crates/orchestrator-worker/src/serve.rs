@@ -491,8 +491,28 @@ impl Worker {
                 .await;
         }
         // Secret references resolve here, in this worker's memory only.
-        let resolved = match crate::secrets::resolve(&task.payload) {
+        let resolved = match crate::secrets::resolve(&task.payload).await {
             Ok(payload) => payload,
+            Err(e) if e.kind == runner_core::ErrorKind::Transient && lease.failures < 5 => {
+                // Throttled or timed out: the secret may well resolve later.
+                let delay = self.config.worker.backoff().delay(lease.failures + 1);
+                tracing::warn!(task = %lease.task_id, error = %e, ?delay, "a secret did not resolve; trying again later");
+                let record = AttemptRecord {
+                    attempt: lease.attempt,
+                    worker: self.id.clone(),
+                    phase: None,
+                    kind: Some(e.kind),
+                    message: e.to_string(),
+                    at_ms: now_ms(),
+                    counted: true,
+                };
+                if let Err(err) = self.queue.requeue(&lease, delay, record, true).await {
+                    tracing::warn!(task = %lease.task_id, error = %err, "cannot requeue the task");
+                }
+                return Disposition::Requeue {
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                };
+            }
             Err(e) => {
                 let reason = format!("{}: {e}", e.kind);
                 return self

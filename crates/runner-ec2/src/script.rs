@@ -104,6 +104,7 @@ set -a
 . "$ORCH_HOME/env.sh" || orch_fail "cannot read the environment"
 set +a
 rm -f "$ORCH_HOME/env.sh"
+"$ORCH_AWS" s3 rm --quiet --only-show-errors "${ORCH_S3}env.sh" >/dev/null 2>&1 || true
 "#,
         );
     }

@@ -1,9 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod errors;
+#[cfg(feature = "secrets")]
+mod secrets;
 mod store;
 
 pub use errors::{AwsError, classify, classify_code};
+#[cfg(feature = "secrets")]
+pub use secrets::SecretClients;
 pub use store::{
     ArtifactStore, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD, ObjectInfo, S3Uri, Uploaded,
 };

@@ -198,6 +198,8 @@ fn init_tracing(json: bool, quiet_default: bool) -> Option<Telemetry> {
     let default = if quiet_default { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let quiet = quiet_clients(&asked);
     let (telemetry, otel_error) = match Telemetry::from_env() {
         Ok(t) => (t, None),
         Err(e) => (None, Some(e)),
@@ -211,6 +213,7 @@ fn init_tracing(json: bool, quiet_default: bool) -> Option<Telemetry> {
     });
     tracing_subscriber::registry()
         .with(filter)
+        .with(quiet)
         .with(otel)
         .with(plain)
         .with(structured)
@@ -219,6 +222,40 @@ fn init_tracing(json: bool, quiet_default: bool) -> Option<Telemetry> {
         tracing::warn!(error = %e, "spans are not exported");
     }
     telemetry
+}
+
+/// Client libraries whose debug events print request bodies (bollard logs
+/// a container's whole create body, its `Env` with the resolved secrets
+/// in it): their debug and trace events are dropped unless `RUST_LOG`
+/// names them itself, so `RUST_LOG=debug` never writes a secret to a log
+/// or a span.
+const BODY_LOGGERS: &[&str] = &[
+    "bollard",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "kube_client",
+    "aws_smithy_runtime",
+    "aws_smithy_http_client",
+];
+
+fn quiet_clients(
+    asked: &str,
+) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool + use<>> {
+    let quiet: Vec<&'static str> = BODY_LOGGERS
+        .iter()
+        .copied()
+        .filter(|target| !asked.contains(target))
+        .collect();
+    tracing_subscriber::filter::filter_fn(move |meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !quiet.iter().any(|target| {
+                meta.target()
+                    .strip_prefix(target)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
+    })
 }
 
 async fn dispatch(command: Command, make: MakeFactory) -> CliResult {

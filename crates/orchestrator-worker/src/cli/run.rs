@@ -72,10 +72,12 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
         .map_err(|e| CliError::usage(e.to_string()))?;
     // Secret references are resolved here, in memory only: the record
     // keeps the payload's names, never a value.
-    let payload = crate::secrets::resolve(&payload).map_err(|e| match e.kind {
-        runner_core::ErrorKind::Transient => CliError::infra(e.to_string()),
-        _ => CliError::usage(e.to_string()),
-    })?;
+    let payload = crate::secrets::resolve(&payload)
+        .await
+        .map_err(|e| match e.kind {
+            runner_core::ErrorKind::Transient => CliError::infra(e.to_string()),
+            _ => CliError::usage(e.to_string()),
+        })?;
     let store_path = args.store.clone().unwrap_or_else(|| {
         config
             .artifacts_dir
