@@ -176,7 +176,10 @@ fn hostile_documents_are_refused_in_milliseconds() {
         assert!(RunnerConfig::from_yaml_str(&text).is_err());
         assert!(TestPayload::from_yaml(&text).is_err());
         assert!(WorkerConfig::from_yaml_str(&text).is_err());
+        // The bound is what separates linear from blow-up (a 100,000-deep
+        // document took 70 s before the pre-scan), not a speed target: on
+        // a loaded two-core machine a debug build has taken 0.5 s here.
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
     }
 }
