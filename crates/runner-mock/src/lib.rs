@@ -7,7 +7,7 @@ mod runner;
 pub use fault::{Fault, FaultPlan, FaultRule};
 pub use runner::{
     ArtifactMode, LocalMockRunner, MAX_DURATION_MS, MAX_LOG_LINES, MockConfig, MockPayload,
-    RecordedCall,
+    RECORDED_CALLS_FROM_CONFIG, RecordedCall,
 };
 
 /// The runner type name this crate registers.

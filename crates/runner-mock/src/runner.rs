@@ -142,8 +142,15 @@ struct Inner {
     live: BTreeMap<String, RunnerHandle>,
     by_key: BTreeMap<String, String>,
     runs: BTreeMap<String, Vec<u8>>,
-    calls: Vec<RecordedCall>,
+    calls: std::collections::VecDeque<RecordedCall>,
+    /// Calls dropped from the front once `keep_calls` was reached.
+    dropped_calls: u64,
 }
+
+/// How many calls a mock built from a runner config keeps (the newest):
+/// under `serve` it runs for ever, and an unbounded recorder grew by about
+/// half a kilobyte per task.
+pub const RECORDED_CALLS_FROM_CONFIG: usize = 4_096;
 
 /// A fake backend: deterministic output, scripted faults, recorded calls.
 #[derive(Debug)]
@@ -151,6 +158,8 @@ pub struct LocalMockRunner {
     config: MockConfig,
     faults: FaultPlan,
     inner: Mutex<Inner>,
+    /// Keep at most this many calls (the newest); `None`: all of them.
+    keep_calls: Option<usize>,
 }
 
 impl LocalMockRunner {
@@ -161,7 +170,20 @@ impl LocalMockRunner {
             config,
             faults,
             inner: Mutex::new(Inner::default()),
+            keep_calls: None,
         }
+    }
+
+    /// Keep only the newest `calls` recorded calls (memory stays flat for a
+    /// mock that serves for ever).
+    pub fn with_recorded_calls(mut self, calls: usize) -> Self {
+        self.keep_calls = Some(calls);
+        self
+    }
+
+    /// Calls the bounded recorder has dropped.
+    pub fn dropped_calls(&self) -> u64 {
+        self.lock().dropped_calls
     }
 
     /// A mock that writes artifacts under `artifacts_dir` and injects no fault.
@@ -198,12 +220,12 @@ impl LocalMockRunner {
             });
         }
         mock.artifacts_dir = config.artifacts_dir.clone();
-        Ok(Self::new(mock))
+        Ok(Self::new(mock).with_recorded_calls(RECORDED_CALLS_FROM_CONFIG))
     }
 
     /// Every call received so far, in order.
     pub fn calls(&self) -> Vec<RecordedCall> {
-        self.lock().calls.clone()
+        self.lock().calls.iter().cloned().collect()
     }
 
     /// How many calls of `phase` were received.
@@ -226,12 +248,20 @@ impl LocalMockRunner {
     }
 
     fn record(&self, phase: Phase, ctx: &RunContext, handle: Option<&RunnerHandle>) {
-        self.lock().calls.push(RecordedCall {
+        let call = RecordedCall {
             phase,
             execution_id: ctx.execution_id().to_owned(),
             attempt: ctx.attempt(),
             handle_id: handle.map(|h| h.handle_id().to_owned()),
-        });
+        };
+        let mut inner = self.lock();
+        if let Some(keep) = self.keep_calls {
+            while inner.calls.len() >= keep.max(1) {
+                inner.calls.pop_front();
+                inner.dropped_calls += 1;
+            }
+        }
+        inner.calls.push_back(call);
     }
 }
 

@@ -113,3 +113,23 @@ async fn provision_is_idempotent_per_execution_key() {
         .unwrap();
     assert_eq!(failed.status, TestStatus::Failed);
 }
+
+#[tokio::test]
+async fn a_mock_built_from_config_keeps_a_bounded_recorder() {
+    let config = RunnerConfig::from_yaml_str("type: local_mock\n").unwrap();
+    let mock = LocalMockRunner::from_config(&config).unwrap();
+    let tasks = runner_mock::RECORDED_CALLS_FROM_CONFIG + 500;
+    for i in 0..tasks {
+        let ctx = RunContext::new(format!("exec-{i}"), "corr");
+        let handle = mock.provision(&ctx, &fixtures::bench()).await.unwrap();
+        mock.teardown(&ctx, &handle).await.unwrap();
+    }
+    let calls = mock.calls();
+    assert_eq!(calls.len(), runner_mock::RECORDED_CALLS_FROM_CONFIG);
+    assert_eq!(mock.dropped_calls(), (2 * tasks - calls.len()) as u64);
+    // The newest are kept.
+    let last = calls.last().unwrap();
+    assert_eq!(last.phase, Phase::Teardown);
+    assert_eq!(last.execution_id, format!("exec-{}", tasks - 1));
+    assert!(mock.live_handles().is_empty());
+}
