@@ -158,10 +158,8 @@ impl TaskQueue for SqliteStore {
     async fn submit(&self, task: &Task, new: &NewExecution) -> Result<Submitted> {
         let (task, new) = (task.clone(), new.clone());
         let attributes = attributes_json();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
             if let Some(existing) = insert_submission(&tx, &task, &new, &attributes)? {
                 return Ok(existing);
             }
@@ -178,10 +176,8 @@ impl TaskQueue for SqliteStore {
     async fn submit_batch(&self, tasks: &[(Task, NewExecution)]) -> Result<Vec<String>> {
         let tasks = tasks.to_vec();
         let attributes = attributes_json();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
             let mut ids = Vec::with_capacity(tasks.len());
             let mut existing = Vec::new();
             for (task, new) in &tasks {
@@ -227,7 +223,7 @@ impl TaskQueue for SqliteStore {
     ) -> Result<Vec<Lease>> {
         let worker = worker.to_owned();
         let token = format!("{:016x}", fastrand::u64(..));
-        self.with(move |c| lease_rows(c, &worker, &token, visibility, max))
+        self.write(move |c| lease_rows(c, &worker, &token, visibility, max))
             .await
     }
 
@@ -248,7 +244,7 @@ impl TaskQueue for SqliteStore {
 
     async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<()> {
         let lease = lease.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             let until = now().saturating_add(millis(visibility));
             Self::settle(
                 c,
@@ -262,7 +258,7 @@ impl TaskQueue for SqliteStore {
 
     async fn ack(&self, lease: &Lease, outcome: &str) -> Result<()> {
         let (lease, outcome) = (lease.clone(), outcome.to_owned());
-        self.with(move |c| {
+        self.write(move |c| {
             Self::settle(
                 c,
                 &lease,
@@ -289,7 +285,7 @@ impl TaskQueue for SqliteStore {
                 ..record
             },
         );
-        self.with(move |c| {
+        self.write(move |c| {
             let now = now();
             let at = now.saturating_add(millis(delay));
             let give_back: i64 = if count_attempt { 0 } else { 1 };
@@ -308,10 +304,8 @@ impl TaskQueue for SqliteStore {
     async fn dead_letter(&self, lease: &Lease, reason: &str, record: AttemptRecord) -> Result<()> {
         let (lease, reason) = (lease.clone(), reason.to_owned());
         let history = history_with(&lease, record);
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
             let now = now();
             Self::settle(
                 &tx,
@@ -397,9 +391,7 @@ impl TaskQueue for SqliteStore {
         let key = Self::parse_id(id, "dead letter")?;
         let id = id.to_owned();
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+            let tx = super::immediate(c)?;
             let body: Option<String> = tx
                 .query_row_cached(
                     "SELECT body FROM dead_letters WHERE id = ?1 AND replayed = 0",

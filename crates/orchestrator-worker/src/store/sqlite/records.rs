@@ -372,9 +372,7 @@ pub(super) fn cancel_requested(c: &Connection, keys: &[String]) -> Result<Vec<St
 /// Delete settled records, their events and done or dead tasks older than
 /// `cutoff` (ms).
 pub(super) fn prune(c: &mut Connection, cutoff: i64) -> Result<u64> {
-    let tx = c
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(store_err)?;
+    let tx = super::immediate(c)?;
     tx.exec_cached(
         "DELETE FROM execution_events WHERE key IN
            (SELECT key FROM executions WHERE settled = 1 AND settled_at < ?1)",

@@ -57,9 +57,7 @@ fn to_entry(row: EntryRow, now: i64, stale: i64) -> Result<JournalEntry> {
 }
 
 fn claim(c: &mut Connection, key: &str, worker: &str, stale: i64) -> Result<Claim> {
-    let tx = c
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(store_err)?;
+    let tx = super::immediate(c)?;
     let now = now();
     let row = tx
         .query_row_cached(
@@ -98,9 +96,7 @@ fn sightings(
     ids: &[String],
     record: bool,
 ) -> Result<BTreeMap<String, Duration>> {
-    let tx = c
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(store_err)?;
+    let tx = super::immediate(c)?;
     let now = now();
     let mut known: BTreeMap<String, i64> = BTreeMap::new();
     {
@@ -165,7 +161,7 @@ impl Store for SqliteStore {
 
     async fn journal_claim(&self, key: &str, worker: &str, stale_after: Duration) -> Result<Claim> {
         let (key, worker) = (key.to_owned(), worker.to_owned());
-        self.with(move |c| claim(c, &key, &worker, millis(stale_after)))
+        self.write(move |c| claim(c, &key, &worker, millis(stale_after)))
             .await
     }
 
@@ -181,7 +177,7 @@ impl Store for SqliteStore {
             handle.handle_id().to_owned(),
             handle.to_json(),
         );
-        self.with(move |c| {
+        self.write(move |c| {
             let now = now();
             c.exec_cached(
                 "INSERT INTO journal (execution_key, handle_id, runner_type, handle, owner, state, created_at, updated_at)
@@ -201,7 +197,7 @@ impl Store for SqliteStore {
 
     async fn journal_end(&self, id: i64, state: JournalState, note: Option<&str>) -> Result<()> {
         let note = note.map(str::to_owned);
-        self.with(move |c| {
+        self.write(move |c| {
             c.exec_cached(
                 "UPDATE journal SET state = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
                 params![id, state.as_str(), note, now()],
@@ -405,10 +401,8 @@ impl Store for SqliteStore {
 
     async fn create_execution(&self, new: &NewExecution) -> Result<Created> {
         let new = new.clone();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
             if let Some(existing) = records::get(&tx, &new.key)? {
                 return Ok(Created::Existing(Box::new(existing)));
             }
@@ -421,10 +415,8 @@ impl Store for SqliteStore {
 
     async fn create_executions(&self, batch: &[NewExecution]) -> Result<()> {
         let batch = batch.to_vec();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
             let now = now();
             let mut existing = Vec::new();
             for new in &batch {
@@ -467,10 +459,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let updates = updates.to_vec();
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(store_err)?;
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
             for update in &updates {
                 records::apply(&tx, update)?;
             }
