@@ -525,6 +525,17 @@ impl Worker {
         if !self.queue.keeps_records() && self.cancel_was_requested(&task.execution_key).await {
             return self.settle_cancelled(&lease, &task).await;
         }
+        // SQS delivers at least once: a message redelivered while its first
+        // delivery ran (a visibility timeout passed under load) can come
+        // back after that execution settled and its delete went to the old
+        // receipt. The record says it is done: drop the copy, never run it twice.
+        if !self.queue.keeps_records() && self.already_settled(&task.execution_key).await {
+            tracing::info!(execution_key = %task.execution_key, "a duplicate delivery of a settled execution; dropping it");
+            if let Err(e) = self.queue.ack(&lease, "{\"duplicate\":true}").await {
+                tracing::warn!(error = %e, "cannot drop a duplicate delivery");
+            }
+            return Disposition::Ack;
+        }
         let new = new_execution(&task);
         let backend = BackendLabels {
             backend: task.runner.clone(),
@@ -702,6 +713,10 @@ impl Worker {
         if let Some(served) = self.served.get(&task.runner) {
             served.engine.release_journaled(&task.execution_key).await;
         }
+    }
+
+    async fn already_settled(&self, key: &str) -> bool {
+        matches!(self.store.execution(key).await, Ok(Some(record)) if record.settled_ms.is_some())
     }
 
     async fn cancel_was_requested(&self, key: &str) -> bool {

@@ -224,3 +224,62 @@ async fn fifo_queues_group_by_runner_and_deduplicate_by_key() {
         .unwrap();
     assert!(out.messages().is_empty());
 }
+
+/// A copy of a message delivered after its execution settled (SQS is at
+/// least once: a visibility timeout that passed under load, a delete sent
+/// with the old receipt) is dropped, not run a second time. Seen in the
+/// SQS fleet test as one task acked by two workers.
+#[cfg(feature = "mock")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_a_settled_task_is_dropped_not_run_again() {
+    use orchestrator_worker::config::WorkerConfig;
+    use orchestrator_worker::queue::SqliteStore;
+    use orchestrator_worker::serve::Worker;
+    use orchestrator_worker::store::Store;
+    use orchestrator_worker::{Metrics, RunnerFactory};
+    use runner_core::CancellationToken;
+    use std::sync::Arc;
+
+    let moto = common::moto();
+    let (queue, _) = common::sqs_queue(moto, "late-copy", 5, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WorkerConfig::from_yaml_str(&format!(
+        "queue: {{path: '{}'}}\nrunners: [{{type: local_mock, artifacts_dir: '{}', retries: 0}}]\n",
+        dir.path().join("journal.sqlite3").display(),
+        dir.path().join("art").display()
+    ))
+    .unwrap();
+    let store = SqliteStore::open(&config.queue.path).unwrap();
+    let factory = RunnerFactory::with_builtins(Metrics::new());
+    let backends = orchestrator_worker::store::Backends {
+        queue: Arc::new(queue.clone()),
+        store: Arc::new(store.clone()),
+    };
+    let worker = Worker::with_backends(config, &factory, backends).unwrap();
+    let task = common::mock_task("late-copy-1", 0);
+    for _ in 0..2 {
+        queue.enqueue(&task).await.unwrap();
+        let lease = lease_within(&queue, Duration::from_secs(30), Duration::from_secs(20))
+            .await
+            .expect("the message comes");
+        worker.process(lease, CancellationToken::new()).await;
+    }
+    let record = store
+        .execution("late-copy-1")
+        .await
+        .unwrap()
+        .expect("the execution is recorded");
+    assert!(record.settled_ms.is_some());
+    assert_eq!(
+        record.attempts.len(),
+        1,
+        "it ran once: {:?}",
+        record.attempts
+    );
+    assert!(
+        lease_within(&queue, Duration::from_secs(30), Duration::from_secs(2))
+            .await
+            .is_none(),
+        "the copy is gone from the queue"
+    );
+}
