@@ -209,6 +209,7 @@ fn contract(args: &[String]) -> Result<()> {
 const BENCHES: &[&str] = &[
     "engine",
     "queue",
+    "serve",
     "local",
     "logs",
     "artifacts",
@@ -239,6 +240,9 @@ fn bench(args: &[String]) -> Result<()> {
             "bench-cloud",
             "--bin",
             "orchestrator-bench",
+            // `serve` drives the real binary.
+            "--bin",
+            "orchestrator",
         ]),
     )?;
     let binary = project_root().join("target/release/orchestrator-bench");

@@ -8,6 +8,7 @@
 mod cloud;
 #[cfg(feature = "bench-cloud")]
 mod pg;
+mod serve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -447,6 +448,7 @@ fn main() -> std::process::ExitCode {
         match name.as_str() {
             "engine" => engine().await,
             "queue" => queue().await,
+            "serve" => serve::serve().await,
             "local" => local().await,
             "logs" => logs().await,
             #[cfg(feature = "bench-cloud")]
@@ -460,7 +462,7 @@ fn main() -> std::process::ExitCode {
                 println!("{name:<12} not measured: build with --features bench-cloud (cargo xtask bench does)");
                 Ok(())
             }
-            other => Err(format!("unknown benchmark `{other}`; known: engine, queue, local, logs, artifacts, warmpool, pg-queue")),
+            other => Err(format!("unknown benchmark `{other}`; known: engine, queue, serve, local, logs, artifacts, warmpool, pg-queue")),
         }
     });
     match result {
