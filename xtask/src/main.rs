@@ -42,7 +42,6 @@ fn try_main() -> Result<()> {
             "clippy",
             cargo()
                 .args(["clippy", "--workspace", "--all-targets"])
-                .args(CI_FEATURES)
                 .args(["--", "-D", "warnings"]),
         ),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -97,9 +96,6 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     }
 }
 
-/// The features every CI cargo step uses, so no step rebuilds another's work.
-const CI_FEATURES: &[&str] = &["--features", "orchestrator-worker/bench-cloud"];
-
 /// A cargo command that lints workspace crates with clippy (`-D warnings`)
 /// while it builds them: clippy-driver as the workspace wrapper, the way
 /// `cargo clippy` itself runs it. Dependencies are compiled once, for the
@@ -125,29 +121,21 @@ fn ci() -> Result<()> {
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
         "clippy -D warnings, while building every target",
-        linted_cargo()
-            .args(["test", "--workspace", "--all-targets", "--no-run"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--all-targets", "--no-run"]),
     )?;
     run(
         "test",
-        linted_cargo()
-            .args(["test", "--workspace", "--all-targets"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--all-targets"]),
     )?;
     run(
         "doctest",
-        linted_cargo()
-            .args(["test", "--workspace", "--doc"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--doc"]),
     )?;
-    // Every package's `contract` target in one workspace build, so the
-    // features match the test step above and nothing recompiles.
+    // Every package's `contract` target in one workspace build: the same
+    // feature resolution as the test step above, so nothing recompiles.
     run(
         "contract suites (all backends)",
-        linted_cargo()
-            .args(["test", "--workspace", "--test", "contract"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--test", "contract"]),
     )?;
     readme_main_command()?;
     println!("ci passed in {:.1}s", started.elapsed().as_secs_f64());
@@ -230,16 +218,7 @@ fn bench(args: &[String]) -> Result<()> {
     };
     run(
         "build (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "orchestrator-worker",
-            "--features",
-            "bench-cloud",
-            "--bin",
-            "orchestrator-bench",
-        ]),
+        cargo().args(["build", "--release", "-p", "orchestrator-bench"]),
     )?;
     let binary = project_root().join("target/release/orchestrator-bench");
     let mut report = String::new();

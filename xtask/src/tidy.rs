@@ -142,6 +142,8 @@ mod tests {
                 // Test set-up says what it installs (a minute, once) to the
                 // person running the tests; it is never linked into a product.
                 && !path.contains("/test-emulators/")
+                // The benchmark binary's modules print its figures.
+                && !path.contains("/orchestrator-bench/")
                 && !path.contains("/cli");
             let text = std::fs::read_to_string(&file).unwrap_or_default();
             for (n, line) in text.lines().enumerate() {

@@ -2,11 +2,9 @@
 //! measured in the same process, and the ratio. Nothing here asserts a time.
 //!
 //! `orchestrator-bench NAME` runs one figure (engine, queue, local, logs,
-//! and with the `bench-cloud` feature artifacts, warmpool and pg-queue).
+//! artifacts, warmpool, pg-queue).
 
-#[cfg(feature = "bench-cloud")]
 mod cloud;
-#[cfg(feature = "bench-cloud")]
 mod pg;
 
 use std::sync::Arc;
@@ -449,17 +447,9 @@ fn main() -> std::process::ExitCode {
             "queue" => queue().await,
             "local" => local().await,
             "logs" => logs().await,
-            #[cfg(feature = "bench-cloud")]
             "artifacts" => cloud::artifacts().await,
-            #[cfg(feature = "bench-cloud")]
             "warmpool" => cloud::warmpool().await,
-            #[cfg(feature = "bench-cloud")]
             "pg-queue" => pg::pg_queue().await,
-            #[cfg(not(feature = "bench-cloud"))]
-            "artifacts" | "warmpool" | "pg-queue" => {
-                println!("{name:<12} not measured: build with --features bench-cloud (cargo xtask bench does)");
-                Ok(())
-            }
             other => Err(format!("unknown benchmark `{other}`; known: engine, queue, local, logs, artifacts, warmpool, pg-queue")),
         }
     });

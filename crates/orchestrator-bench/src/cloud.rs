@@ -1,4 +1,4 @@
-//! The cloud figures (feature `bench-cloud`): artifact uploads to moto's S3
+//! The cloud figures: artifact uploads to moto's S3
 //! against `aws s3 cp --recursive`, and warm-pool provisioning on moto.
 
 use std::time::{Duration, Instant};
