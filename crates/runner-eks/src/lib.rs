@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::ListParams;
+use runner_aws::ArtifactStore;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ExecutionError,
     OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
     TestPayload, TestResult, TestStatus, async_trait, decode_spec,
 };
-use runner_s3::ArtifactStore;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
