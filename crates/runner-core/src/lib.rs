@@ -11,6 +11,7 @@ pub mod error;
 pub mod handle;
 pub mod phase;
 pub mod redact;
+pub mod registry;
 pub mod result;
 pub mod safe_path;
 pub mod spec;
@@ -26,6 +27,7 @@ pub use error::{
 pub use handle::{HandleError, RunnerHandle};
 pub use phase::{Phase, PhaseMarker};
 pub use redact::Redactor;
+pub use registry::{Constructor, Register, RunnerRegistry};
 pub use result::{Diagnosis, TestCounts, TestResult, TestStatus};
 pub use spec::{
     BenchSpec, EnvVar, KubernetesSecret, SecretRef, SpecError, TestPayload, decode_section,

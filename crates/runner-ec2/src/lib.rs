@@ -4,6 +4,7 @@ pub mod command;
 pub mod config;
 pub mod instances;
 pub mod pool;
+mod register;
 pub mod script;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 pub use config::{BenchBackend, Ec2Config, LaunchTemplate, PoolConfig};
 use instances::{LIVE_STATES, Ops, now_secs, tags};
 pub use pool::Refill;
+pub use register::register;
 
 /// The payload's `backend:` section: this backend has none, so any key in
 /// it is refused instead of being ignored.

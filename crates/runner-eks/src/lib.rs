@@ -5,6 +5,7 @@ mod client;
 pub mod config;
 pub mod job;
 pub mod logs;
+mod register;
 mod run;
 pub mod status;
 mod watch;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 pub use api::K8sError;
 pub use config::{ArtifactsConfig, BenchBackend, EksConfig, PayloadBackend, Resources};
+pub use register::register;
 use run::{LogOut, check_payload, open_log};
 use status::Ended;
 
