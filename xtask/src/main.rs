@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, every test,
-//!   the contract suite of every backend, and the README's main command.
+//!   rustdoc with `-D warnings`, the contract suite of every backend, and
+//!   the README's main command.
 //! - `cargo xtask contract [--backend NAME]`: the contract suite of one or all backends.
 
 mod tidy;
@@ -42,7 +43,6 @@ fn try_main() -> Result<()> {
             "clippy",
             cargo()
                 .args(["clippy", "--workspace", "--all-targets"])
-                .args(CI_FEATURES)
                 .args(["--", "-D", "warnings"]),
         ),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -57,7 +57,7 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          tasks:\n  \
-         ci                          fmt check, clippy -D warnings, all tests, contract suites, README main command\n  \
+         ci                          fmt check, clippy -D warnings, all tests, rustdoc -D warnings, contract suites, README main command\n  \
          clippy                      cargo clippy --workspace --all-targets -D warnings (ci lints while it builds)\n  \
          contract [--backend NAME]   the contract suite of one backend (known: {})\n  \
          bench [NAME]                release-mode benchmarks with same-run baselines (known: {})\n",
@@ -97,9 +97,6 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     }
 }
 
-/// The features every CI cargo step uses, so no step rebuilds another's work.
-const CI_FEATURES: &[&str] = &["--features", "orchestrator-worker/bench-cloud"];
-
 /// A cargo command that lints workspace crates with clippy (`-D warnings`)
 /// while it builds them: clippy-driver as the workspace wrapper, the way
 /// `cargo clippy` itself runs it. Dependencies are compiled once, for the
@@ -120,34 +117,49 @@ fn linted_cargo() -> Command {
     cmd
 }
 
+/// The crates whose rustdoc CI builds with `-D warnings`: the API a
+/// backend author and a library user read.
+const DOCUMENTED: &[&str] = &["runner-core", "runner-contract", "orchestrator-worker"];
+
 fn ci() -> Result<()> {
     let started = Instant::now();
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
         "clippy -D warnings, while building every target",
-        linted_cargo()
-            .args(["test", "--workspace", "--all-targets", "--no-run"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--all-targets", "--no-run"]),
     )?;
     run(
         "test",
-        linted_cargo()
-            .args(["test", "--workspace", "--all-targets"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--all-targets"]),
     )?;
     run(
         "doctest",
-        linted_cargo()
-            .args(["test", "--workspace", "--doc"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--doc"]),
     )?;
-    // Every package's `contract` target in one workspace build, so the
-    // features match the test step above and nothing recompiles.
+    // Rustdoc's own lints (broken intra-doc links and the like; missing
+    // docs are clippy's, above, with every feature) on the public API's
+    // crates; libraries only, no dependency documented. Rustdoc needs its
+    // dependencies checked (metadata), which the test build does not
+    // make: with the worker's default features that is 305 crates and
+    // about 4 minutes on two cores, most of it the AWS SDK, kube and
+    // bollard, so the worker is documented without the cloud backends
+    // (239 crates in the graph instead of 333).
+    run(
+        "rustdoc -D warnings",
+        cargo()
+            .args(["doc", "--no-deps", "--lib", "--no-default-features"])
+            .args(DOCUMENTED.iter().flat_map(|p| ["-p", p]))
+            .args([
+                "--features",
+                "orchestrator-worker/local,orchestrator-worker/mock",
+            ])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    // Every package's `contract` target in one workspace build: the same
+    // feature resolution as the test step above, so nothing recompiles.
     run(
         "contract suites (all backends)",
-        linted_cargo()
-            .args(["test", "--workspace", "--test", "contract"])
-            .args(CI_FEATURES),
+        linted_cargo().args(["test", "--workspace", "--test", "contract"]),
     )?;
     readme_main_command()?;
     println!("ci passed in {:.1}s", started.elapsed().as_secs_f64());
@@ -231,16 +243,16 @@ fn bench(args: &[String]) -> Result<()> {
     };
     run(
         "build (release)",
+        // `serve` drives the real `orchestrator` binary, built beside it.
         cargo().args([
             "build",
             "--release",
             "-p",
+            "orchestrator-bench",
+            "-p",
             "orchestrator-worker",
-            "--features",
-            "bench-cloud",
             "--bin",
             "orchestrator-bench",
-            // `serve` drives the real binary.
             "--bin",
             "orchestrator",
         ]),

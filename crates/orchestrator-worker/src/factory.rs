@@ -1,23 +1,42 @@
-//! The registry from runner type to constructor.
+//! The factory: a [`RunnerRegistry`] of backends, and the cross-cutting
+//! layers every adapter it builds is wrapped in once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use runner_core::{ConfigError, RunnerAdapter, RunnerConfig};
+use runner_core::{ConfigError, Register, RunnerAdapter, RunnerConfig, RunnerRegistry};
 
 use crate::layers::{PhaseLimits, stack};
 use crate::metrics::Metrics;
 
 /// Builds a backend from its config.
-pub type Constructor =
-    Arc<dyn Fn(&RunnerConfig) -> Result<Arc<dyn RunnerAdapter>, ConfigError> + Send + Sync>;
+pub use runner_core::Constructor;
 
-/// Runner type → constructor. Every adapter it creates is wrapped once in
-/// the cross-cutting layers ([`crate::layers::stack`]); backends never
-/// apply those concerns themselves.
+/// The built-in backends of this build: each crate's own `register`, the
+/// same call a third-party binary makes for its backend (cargo features
+/// `local`, `mock`, `ec2`, `eks`, `onprem` and `container`, all on by
+/// default).
+pub const BUILTINS: &[Register] = &[
+    #[cfg(feature = "local")]
+    runner_local::register,
+    #[cfg(feature = "ec2")]
+    runner_ec2::register,
+    #[cfg(feature = "eks")]
+    runner_eks::register,
+    #[cfg(feature = "onprem")]
+    runner_onprem::register,
+    #[cfg(feature = "container")]
+    runner_container::register,
+    #[cfg(feature = "mock")]
+    runner_mock::register,
+];
+
+/// Runner type → constructor (a [`RunnerRegistry`]). Every adapter it
+/// creates is wrapped once in the cross-cutting layers
+/// ([`crate::layers::stack`]); backends never apply those concerns
+/// themselves.
 #[derive(Clone)]
 pub struct RunnerFactory {
-    constructors: BTreeMap<String, Constructor>,
+    registry: RunnerRegistry,
     metrics: Metrics,
 }
 
@@ -32,65 +51,39 @@ impl std::fmt::Debug for RunnerFactory {
 impl RunnerFactory {
     /// An empty factory.
     pub fn empty(metrics: Metrics) -> Self {
-        Self {
-            constructors: BTreeMap::new(),
-            metrics,
-        }
+        Self::from_registry(RunnerRegistry::new(), metrics)
     }
 
-    /// A factory with every built-in backend this build has (cargo features
-    /// `local`, `mock`, `ec2`, `eks`, `onprem` and `container`, all on by
-    /// default).
+    /// A factory over the backends of `registry`.
+    pub fn from_registry(registry: RunnerRegistry, metrics: Metrics) -> Self {
+        Self { registry, metrics }
+    }
+
+    /// A factory with every built-in backend this build has ([`BUILTINS`]).
     pub fn with_builtins(metrics: Metrics) -> Self {
-        #[allow(unused_mut)]
-        let mut factory = Self::empty(metrics);
-        #[cfg(feature = "local")]
-        factory.register(runner_local::RUNNER_TYPE, |config| {
-            Ok(Arc::new(runner_local::LocalProcessRunner::from_config(
-                config,
-            )?))
-        });
-        #[cfg(feature = "ec2")]
-        factory.register(runner_ec2::RUNNER_TYPE, |config| {
-            Ok(Arc::new(runner_ec2::Ec2Runner::from_config(config)?))
-        });
-        #[cfg(feature = "eks")]
-        factory.register(runner_eks::RUNNER_TYPE, |config| {
-            Ok(Arc::new(runner_eks::EksRunner::from_config(config)?))
-        });
-        #[cfg(feature = "onprem")]
-        factory.register(runner_onprem::RUNNER_TYPE, |config| {
-            Ok(Arc::new(runner_onprem::OnPremBenchRunner::from_config(
-                config,
-            )?))
-        });
-        #[cfg(feature = "container")]
-        factory.register(runner_container::RUNNER_TYPE, |config| {
-            Ok(Arc::new(runner_container::ContainerRunner::from_config(
-                config,
-            )?))
-        });
-        #[cfg(feature = "mock")]
-        factory.register(runner_mock::RUNNER_TYPE, |config| {
-            Ok(Arc::new(runner_mock::LocalMockRunner::from_config(config)?))
-        });
-        factory
+        Self::from_registry(RunnerRegistry::with(BUILTINS), metrics)
     }
 
-    /// Register (or replace) the constructor of `runner_type`. Third-party
-    /// crates call this from their own binary; nothing here needs editing.
+    /// The registry, for a backend crate's `register`: a third-party
+    /// binary adds its backend the way the built-ins are added,
+    /// `my_backend::register(factory.registry_mut())`.
+    pub fn registry_mut(&mut self) -> &mut RunnerRegistry {
+        &mut self.registry
+    }
+
+    /// Register (or replace) the constructor of `runner_type` (see
+    /// [`RunnerRegistry::register`]).
     pub fn register<F>(&mut self, runner_type: &str, constructor: F) -> &mut Self
     where
         F: Fn(&RunnerConfig) -> Result<Arc<dyn RunnerAdapter>, ConfigError> + Send + Sync + 'static,
     {
-        self.constructors
-            .insert(runner_type.to_owned(), Arc::new(constructor));
+        self.registry.register(runner_type, constructor);
         self
     }
 
     /// The registered types, sorted.
     pub fn known_types(&self) -> Vec<String> {
-        self.constructors.keys().cloned().collect()
+        self.registry.known_types()
     }
 
     /// The metrics shared by every adapter made here.
@@ -100,23 +93,7 @@ impl RunnerFactory {
 
     /// Build the backend `config.runner_type` names, wrapped in every layer.
     pub fn create(&self, config: &RunnerConfig) -> Result<Arc<dyn RunnerAdapter>, ConfigError> {
-        let constructor = self.constructors.get(&config.runner_type).ok_or_else(|| {
-            ConfigError::UnknownRunnerType {
-                runner_type: config.runner_type.clone(),
-                known: self.known_types(),
-            }
-        })?;
-        let inner = constructor(config)?;
-        if inner.runner_type() != config.runner_type {
-            return Err(ConfigError::Invalid {
-                key: "type".into(),
-                message: format!(
-                    "the constructor for `{}` built an adapter of type `{}`",
-                    config.runner_type,
-                    inner.runner_type()
-                ),
-            });
-        }
+        let inner = self.registry.create(config)?;
         Ok(stack(
             inner,
             PhaseLimits::from_config(config),

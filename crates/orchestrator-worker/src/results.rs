@@ -238,10 +238,10 @@ fn copy_hashing(from: &Path, to: &Path) -> Result<String, String> {
 #[cfg(feature = "sqs")]
 async fn download_s3(uri: &str, to: &Path) -> Result<String, String> {
     use tokio::io::AsyncWriteExt;
-    let parsed = runner_s3::S3Uri::parse(uri)?;
-    let sdk = runner_s3::load_sdk_config(None).await;
+    let parsed = runner_aws::S3Uri::parse(uri)?;
+    let sdk = runner_aws::load_sdk_config(None).await;
     let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
-    let client = runner_s3::s3_client(&sdk, path_style);
+    let client = runner_aws::s3_client(&sdk, path_style);
     let object = client
         .get_object()
         .bucket(&parsed.bucket)
@@ -251,7 +251,7 @@ async fn download_s3(uri: &str, to: &Path) -> Result<String, String> {
         .map_err(|e| {
             format!(
                 "cannot download {uri}: {}",
-                runner_s3::classify("GetObject", &e).message
+                runner_aws::classify("GetObject", &e).message
             )
         })?;
     let mut body = object.body;

@@ -136,15 +136,15 @@ pub async fn resolve(payload: &TestPayload) -> Result<TestPayload, SecretError> 
 /// AWS Secrets Manager and SSM parameters, with the worker's credentials.
 #[cfg(feature = "aws-secrets")]
 mod aws {
+    use runner_aws::SecretClients;
     use runner_core::{ErrorKind, SecretRef};
-    use runner_s3::SecretClients;
     use tokio::sync::OnceCell;
 
     static CLIENTS: OnceCell<SecretClients> = OnceCell::const_new();
 
     pub(super) async fn resolve(reference: &SecretRef) -> Result<String, (String, ErrorKind)> {
         let clients = CLIENTS
-            .get_or_init(|| async { SecretClients::new(&runner_s3::load_sdk_config(None).await) })
+            .get_or_init(|| async { SecretClients::new(&runner_aws::load_sdk_config(None).await) })
             .await;
         let got = if let Some(id) = &reference.aws_secretsmanager {
             clients.secretsmanager(id, reference.key.as_deref()).await

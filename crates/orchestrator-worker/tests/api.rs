@@ -4,6 +4,10 @@
 //! an artifact with its sha256, problem documents for bad input, the
 //! OpenAPI document against the routes; and the CLI through `--server`
 //! from a process with no store access.
+//!
+//! Size: one file because every file under tests/ is its own test binary
+//! (another link of the whole worker) and these tests share one server
+//! and worker set-up.
 
 #![cfg(all(feature = "mock", feature = "local"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 async fn the_example_suite_runs_on_ec2_through_the_cli() {
     let moto = test_emulators::Moto::start().unwrap();
     let sdk = test_emulators::aws::sdk_config(&moto.endpoint()).await;
-    let s3 = runner_s3::s3_client(&sdk, true);
+    let s3 = runner_aws::s3_client(&sdk, true);
     s3.create_bucket()
         .bucket("cli-artifacts")
         .send()

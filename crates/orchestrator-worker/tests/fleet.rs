@@ -5,6 +5,9 @@
 //! process, while the two live workers still run tests older than the
 //! grace: exactly the dead worker's handles are torn down, not one of the
 //! live workers'. Every execution key settles once.
+//!
+//! Size: one scenario (a fleet, a kill, a reap) with its process and
+//! store helpers; split, each part would be its own test binary to link.
 
 #![cfg(all(feature = "sqs", feature = "mock", feature = "local"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]

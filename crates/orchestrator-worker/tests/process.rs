@@ -1,5 +1,8 @@
 //! The `orchestrator` binary as an operator runs it: killed mid-run and
 //! restarted, drained on SIGTERM, and reaped.
+//!
+//! Size: the operator scenarios share their process helpers, and every
+//! file under tests/ is its own test binary (another link of the worker).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -215,7 +215,7 @@ const CRASH_TOKEN: &str = "crash-Token-Value-0f3a";
 async fn a_crashed_ec2_attempt_leaves_no_secret_in_s3_after_the_reaper() {
     let moto = test_emulators::Moto::start().unwrap();
     let sdk = test_emulators::aws::sdk_config(&moto.endpoint()).await;
-    let s3 = runner_s3::s3_client(&sdk, true);
+    let s3 = runner_aws::s3_client(&sdk, true);
     s3.create_bucket().bucket("crash").send().await.unwrap();
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let image = ec2

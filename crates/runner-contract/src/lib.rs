@@ -1,4 +1,7 @@
 #![doc = include_str!("../README.md")]
+// Public API: every public item documented (`cargo xtask ci` runs rustdoc
+// with `-D warnings`, as well as clippy).
+#![warn(missing_docs)]
 
 mod checks;
 mod fixture;

@@ -1,4 +1,7 @@
 #![doc = include_str!("../README.md")]
+// Public API: every public item documented (`cargo xtask ci` runs rustdoc
+// with `-D warnings`, as well as clippy).
+#![warn(missing_docs)]
 
 pub mod adapter;
 pub mod artifact;
@@ -11,6 +14,7 @@ pub mod error;
 pub mod handle;
 pub mod phase;
 pub mod redact;
+pub mod registry;
 pub mod result;
 pub mod safe_path;
 pub mod spec;
@@ -26,6 +30,7 @@ pub use error::{
 pub use handle::{HandleError, RunnerHandle};
 pub use phase::{Phase, PhaseMarker};
 pub use redact::Redactor;
+pub use registry::{Constructor, Register, RunnerRegistry};
 pub use result::{Diagnosis, TestCounts, TestResult, TestStatus};
 pub use spec::{
     BenchSpec, EnvVar, KubernetesSecret, SecretRef, SpecError, TestPayload, decode_section,

@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use aws_sdk_ssm::types::CommandInvocationStatus;
+use runner_aws::{ArtifactStore, AwsError, classify};
 use runner_core::{ErrorKind, LogBatch, LogSink, LogStream, TestResult, TestStatus};
-use runner_s3::{ArtifactStore, AwsError, classify};
 use serde::Deserialize;
 use tokio::time::Instant;
 

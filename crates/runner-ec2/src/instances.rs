@@ -11,9 +11,9 @@ use aws_sdk_ec2::types::{
     InstanceStateName, InstanceType, LaunchTemplateSpecification, ResourceType, ShutdownBehavior,
     Tag, TagSpecification,
 };
+use runner_aws::{AwsError, classify};
 use runner_core::CancellationToken as Cancel;
 use runner_core::ErrorKind;
-use runner_s3::{AwsError, classify};
 use tokio::time::Instant;
 
 use crate::config::{BenchBackend, Ec2Config};

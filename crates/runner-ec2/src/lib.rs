@@ -4,18 +4,19 @@ pub mod command;
 pub mod config;
 pub mod instances;
 pub mod pool;
+mod register;
 pub mod script;
 
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use runner_aws::{ArtifactStore, AwsError, S3Uri};
 use runner_core::{
     ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
     ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig,
     RunnerHandle, TeardownError, TestPayload, TestResult, async_trait, decode_spec,
 };
-use runner_s3::{ArtifactStore, AwsError, S3Uri};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OnceCell};
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 pub use config::{BenchBackend, Ec2Config, LaunchTemplate, PoolConfig};
 use instances::{LIVE_STATES, Ops, now_secs, tags};
 pub use pool::Refill;
+pub use register::register;
 
 /// The payload's `backend:` section: this backend has none, so any key in
 /// it is refused instead of being ignored.
@@ -148,7 +150,7 @@ impl Ec2Runner {
             .clients
             .get_or_init(|| async {
                 let config = &self.inner.config;
-                let sdk = runner_s3::load_sdk_config(config.region.as_deref()).await;
+                let sdk = runner_aws::load_sdk_config(config.region.as_deref()).await;
                 Arc::new(Clients {
                     ops: Ops::new(
                         aws_sdk_ec2::Client::new(&sdk),
@@ -156,7 +158,7 @@ impl Ec2Runner {
                         config.clone(),
                     ),
                     store: ArtifactStore::new(
-                        runner_s3::s3_client(&sdk, config.force_path_style),
+                        runner_aws::s3_client(&sdk, config.force_path_style),
                         config.bucket.clone(),
                     ),
                 })
@@ -638,7 +640,7 @@ impl RunnerAdapter for Ec2Runner {
                 .send()
                 .await;
             if let Err(e) = deleted {
-                tracing::warn!(key = %env_key, error = %runner_s3::classify("s3:DeleteObject", &e), "could not delete the environment file");
+                tracing::warn!(key = %env_key, error = %runner_aws::classify("s3:DeleteObject", &e), "could not delete the environment file");
             }
         }
         if state.pool.is_some() {

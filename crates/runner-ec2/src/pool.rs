@@ -10,8 +10,8 @@
 //! API: the pool trades that small window for not needing a lock service
 //! (see docs/adapters/ec2.md).
 
+use runner_aws::AwsError;
 use runner_core::RunContext;
-use runner_s3::AwsError;
 
 use crate::config::{BenchBackend, PoolConfig};
 use crate::instances::{Instance, Ops, now_secs, tags};

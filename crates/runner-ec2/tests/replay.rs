@@ -1,6 +1,6 @@
 //! What moto cannot show: moto's SSM answers "Success" at once and moto
-//! ignores client tokens. Here the SDK's own static HTTP test client
-//! (`infallible_client_fn`) scripts SSM and EC2 answers; S3 is moto's.
+//! ignores client tokens. Here a static HTTP client (`infallible_client_fn`,
+//! below) scripts SSM and EC2 answers; S3 is moto's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,12 +12,56 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::Credentials;
-use aws_smithy_http_client::test_util::infallible_client_fn;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use runner_core::{ErrorKind, RunContext, RunnerAdapter, RunnerHandle, TestStatus};
 use runner_ec2::{Ec2Runner, Ec2State};
 
 type Log = Arc<Mutex<Vec<(String, String)>>>;
+
+type Answer = dyn Fn(http::Request<SdkBody>) -> http::Response<SdkBody> + Send + Sync;
+
+/// An HTTP client that answers every request with `answer`: the SDK's own
+/// `aws_smithy_http_client::test_util::infallible_client_fn`, in a few
+/// lines. That one needs the `test-util` feature of the SDK's HTTP client,
+/// and a feature only tests turn on makes `cargo run` after `cargo test`
+/// rebuild the whole AWS SDK (~8 minutes on two cores).
+#[derive(Clone)]
+struct InfallibleClientFn(Arc<Answer>);
+
+impl std::fmt::Debug for InfallibleClientFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InfallibleClientFn")
+    }
+}
+
+impl HttpConnector for InfallibleClientFn {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let response = (self.0)(request.try_into_http1x().unwrap());
+        HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
+    }
+}
+
+impl HttpClient for InfallibleClientFn {
+    fn http_connector(
+        &self,
+        _: &HttpConnectorSettings,
+        _: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(self.clone())
+    }
+}
+
+fn infallible_client_fn(
+    answer: impl Fn(http::Request<SdkBody>) -> http::Response<SdkBody> + Send + Sync + 'static,
+) -> SharedHttpClient {
+    SharedHttpClient::new(InfallibleClientFn(Arc::new(answer)))
+}
 
 fn target_of(req: &http::Request<SdkBody>) -> String {
     req.headers()

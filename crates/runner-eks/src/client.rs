@@ -9,8 +9,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use runner_aws::ArtifactStore;
 use runner_core::{ConfigError, PhaseMarker, RunContext, RunnerConfig, RunnerError};
-use runner_s3::ArtifactStore;
 use tokio::sync::OnceCell;
 
 use crate::api::K8sError;
@@ -114,9 +114,9 @@ impl EksRunner {
             .store
             .get_or_init(|| async move {
                 let a = artifacts?;
-                let sdk = runner_s3::load_sdk_config(a.region.as_deref()).await;
+                let sdk = runner_aws::load_sdk_config(a.region.as_deref()).await;
                 Some(ArtifactStore::new(
-                    runner_s3::s3_client(&sdk, a.force_path_style),
+                    runner_aws::s3_client(&sdk, a.force_path_style),
                     a.bucket,
                 ))
             })

@@ -5,6 +5,7 @@ mod client;
 pub mod config;
 pub mod job;
 pub mod logs;
+mod register;
 mod run;
 pub mod status;
 mod watch;
@@ -14,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::ListParams;
+use runner_aws::ArtifactStore;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ExecutionError,
     OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
     TestPayload, TestResult, TestStatus, async_trait, decode_spec,
 };
-use runner_s3::ArtifactStore;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 pub use api::K8sError;
 pub use config::{ArtifactsConfig, BenchBackend, EksConfig, PayloadBackend, Resources};
+pub use register::register;
 use run::{LogOut, check_payload, open_log};
 use status::Ended;
 

@@ -5,9 +5,11 @@ mod artifacts;
 pub mod config;
 mod output;
 mod process;
+mod register;
 
 pub use adapter::LocalProcessRunner;
 pub use config::{LocalBench, LocalConfig};
+pub use register::register;
 
 /// The runner type name this crate registers.
 pub const RUNNER_TYPE: &str = "local";

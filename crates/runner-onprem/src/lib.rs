@@ -2,6 +2,7 @@
 
 pub mod api;
 mod config;
+mod register;
 mod session;
 mod wire;
 
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 
 pub use api::{Api, ApiError, RetryPolicy, Token};
 pub use config::{BenchBackend, OnPremConfig};
+pub use register::register;
 use session::map_run_end;
 use wire::*;
 

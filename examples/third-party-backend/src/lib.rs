@@ -1,17 +1,18 @@
 //! An example third-party backend, `echo`: synchronous code plugged in through
-//! the blocking shim and registered with the worker's factory from outside
-//! the worker crate. It "runs" a payload by echoing its command into a log.
+//! the blocking shim and registered from outside the worker crate, the way
+//! the built-in backends register (`register(&mut RunnerRegistry)`). It
+//! "runs" a payload by echoing its command into a log. This library needs
+//! only runner-core; the worker is a dependency of the binary (`main.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use orchestrator_worker::RunnerFactory;
 use runner_core::artifact::sha256_bytes;
 use runner_core::blocking::{Blocking, BlockingRunnerAdapter};
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
     Capabilities, ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerHandle,
-    TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
+    RunnerRegistry, TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -151,9 +152,10 @@ impl BlockingRunnerAdapter for EchoRunner {
     }
 }
 
-/// Register `echo` with a factory: the one call a third-party binary makes.
-pub fn register(factory: &mut RunnerFactory) {
-    factory.register(RUNNER_TYPE, |_config| {
+/// Add `echo` to a registry: the one call a third-party binary makes, the
+/// same every built-in backend's crate exports.
+pub fn register(registry: &mut RunnerRegistry) {
+    registry.register(RUNNER_TYPE, |_config| {
         Ok(Arc::new(Blocking::new(EchoRunner::default())))
     });
 }

@@ -58,10 +58,20 @@ mod checks {
 async fn registered_from_outside_the_worker() {
     let mut factory =
         orchestrator_worker::RunnerFactory::with_builtins(orchestrator_worker::Metrics::new());
-    third_party_backend::register(&mut factory);
+    third_party_backend::register(factory.registry_mut());
     assert!(factory.known_types().contains(&"echo".to_owned()));
     let adapter = factory
         .create(&runner_core::RunnerConfig::new("echo"))
         .unwrap();
     assert_eq!(adapter.runner_type(), "echo");
+}
+
+#[test]
+fn registers_without_the_worker() {
+    let registry = runner_core::RunnerRegistry::with(&[third_party_backend::register]);
+    assert_eq!(registry.known_types(), ["echo"]);
+    let bare = registry
+        .create(&runner_core::RunnerConfig::new("echo"))
+        .unwrap();
+    assert_eq!(bare.runner_type(), "echo");
 }

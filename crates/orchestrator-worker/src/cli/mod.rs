@@ -6,7 +6,7 @@
 //! fn main() -> std::process::ExitCode {
 //!     orchestrator_worker::cli::main(|metrics| {
 //!         let factory = RunnerFactory::with_builtins(metrics);
-//!         // my_backend::register(&mut factory);
+//!         // my_backend::register(factory.registry_mut());
 //!         factory
 //!     })
 //! }

@@ -69,7 +69,7 @@ fn store_err<E>(
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    QueueError::Store(runner_s3::classify(op, err).to_string())
+    QueueError::Store(runner_aws::classify(op, err).to_string())
 }
 
 /// Whether an SQS error says the receipt handle is no longer ours.

@@ -365,7 +365,7 @@ pub async fn open(config: &crate::config::WorkerConfig) -> Result<Backends, Stor
     };
     #[cfg(feature = "sqs")]
     {
-        let sdk = runner_s3::load_sdk_config(section.region.as_deref()).await;
+        let sdk = runner_aws::load_sdk_config(section.region.as_deref()).await;
         let client = aws_sdk_sqs::Client::new(&sdk);
         let queue = crate::queue::sqs::SqsQueue::open(client, section).await?;
         Ok(Backends {

@@ -148,7 +148,7 @@ pub async fn env(name: &str) -> Env {
     let moto = moto();
     let sdk = sdk(&moto.endpoint()).await;
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let s3 = runner_s3::s3_client(&sdk, true);
+    let s3 = runner_aws::s3_client(&sdk, true);
     let unique = format!("{name}-{:08x}", fastrand_u32());
     let bucket = format!("orch-{}", unique.replace('_', "-"));
     s3.create_bucket().bucket(&bucket).send().await.unwrap();

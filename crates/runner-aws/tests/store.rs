@@ -5,8 +5,8 @@
 
 use std::io::Write;
 
+use runner_aws::{ArtifactStore, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD};
 use runner_core::{ArtifactKind, ArtifactLocation};
-use runner_s3::{ArtifactStore, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD};
 
 async fn store(moto: &test_emulators::Moto, bucket: &str) -> ArtifactStore {
     let client = test_emulators::aws::s3_client(&moto.endpoint()).await;

@@ -1,8 +1,7 @@
 //! `serve`: real `orchestrator serve` processes draining zero-latency mock
 //! tasks put on the queue beforehand in one transaction; the clock runs
 //! from starting the process until the last task settled. On the embedded
-//! SQLite file (three runs, their range) and, with `bench-cloud`, on
-//! PostgreSQL (one worker process); beside them the queue alone (submit
+//! SQLite file (three runs, their range) and on PostgreSQL (one worker process); beside them the queue alone (submit
 //! is not timed: lease and ack per task, 32 consumers, in process) and the
 //! worker's resident memory after 10,000 and after 100,000 tasks.
 
@@ -125,11 +124,13 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 async fn sqlite_run(n: usize, marks: &[u64]) -> Result<(f64, Vec<f64>), String> {
     let dir = std::env::temp_dir().join(format!(
         "orchestrator-bench-serve-{}-{}",
         std::process::id(),
-        fastrand::u32(..)
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -151,7 +152,6 @@ async fn sqlite_run(n: usize, marks: &[u64]) -> Result<(f64, Vec<f64>), String> 
     drained
 }
 
-#[cfg(feature = "bench-cloud")]
 async fn postgres_run(n: usize) -> Result<f64, String> {
     use orchestrator_worker::config::PostgresSection;
     use orchestrator_worker::store::PgStore;
@@ -228,14 +228,11 @@ pub async fn serve() -> Result<(), String> {
         queue,
         queue / rates[1]
     );
-    #[cfg(feature = "bench-cloud")]
-    {
-        let wall = postgres_run(n).await?;
-        println!(
-            "serve-pg     {:>6.0} lifecycles/s (PostgreSQL, one serve process, {n} mock tasks, concurrency 32)",
-            n as f64 / wall
-        );
-    }
+    let wall = postgres_run(n).await?;
+    println!(
+        "serve-pg     {:>6.0} lifecycles/s (PostgreSQL, one serve process, {n} mock tasks, concurrency 32)",
+        n as f64 / wall
+    );
     let long = (n * 100 / 3).max(1_000);
     let marks = [long as u64 / 10, long as u64];
     let (_, rss) = sqlite_run(long, &marks).await?;

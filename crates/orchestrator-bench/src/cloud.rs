@@ -1,4 +1,4 @@
-//! The cloud figures (feature `bench-cloud`): artifact uploads to moto's S3
+//! The cloud figures: artifact uploads to moto's S3
 //! against `aws s3 cp --recursive`, and warm-pool provisioning on moto.
 
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ fn make_files(dir: &std::path::Path) -> Result<u64, String> {
 pub async fn artifacts() -> Result<(), String> {
     let moto = test_emulators::Moto::start()?;
     let bin = test_emulators::venv_bin()?;
-    let s3 = runner_s3::s3_client(&sdk(&moto.endpoint()).await, true);
+    let s3 = runner_aws::s3_client(&sdk(&moto.endpoint()).await, true);
     s3.create_bucket()
         .bucket("bench")
         .send()
@@ -46,7 +46,7 @@ pub async fn artifacts() -> Result<(), String> {
         .map_err(|e| format!("create bucket: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let total = make_files(dir.path())?;
-    let store = runner_s3::ArtifactStore::new(s3, "bench");
+    let store = runner_aws::ArtifactStore::new(s3, "bench");
     let mb = total as f64 / 1e6;
 
     let mut ours_best = Duration::MAX;
@@ -97,7 +97,7 @@ pub async fn warmpool() -> Result<(), String> {
     let moto = test_emulators::Moto::start()?;
     let config = sdk(&moto.endpoint()).await;
     let ec2 = aws_sdk_ec2::Client::new(&config);
-    let s3 = runner_s3::s3_client(&config, true);
+    let s3 = runner_aws::s3_client(&config, true);
     s3.create_bucket()
         .bucket("pool")
         .send()

@@ -1,4 +1,4 @@
-//! The fleet-store figure (feature `bench-cloud`): zero-latency mock
+//! The fleet-store figure: zero-latency mock
 //! lifecycles through three workers sharing one PostgreSQL database,
 //! beside one worker on the embedded SQLite file, and a bare-statements
 //! baseline (submit, lease, ack as three plain statements per task) on the

@@ -1,12 +1,10 @@
 //! Benchmarks behind `cargo xtask bench`: each figure beside a baseline
 //! measured in the same process, and the ratio. Nothing here asserts a time.
 //!
-//! `orchestrator-bench NAME` runs one figure (engine, queue, local, logs,
-//! and with the `bench-cloud` feature artifacts, warmpool and pg-queue).
+//! `orchestrator-bench NAME` runs one figure (engine, queue, serve, local,
+//! logs, artifacts, warmpool, pg-queue).
 
-#[cfg(feature = "bench-cloud")]
 mod cloud;
-#[cfg(feature = "bench-cloud")]
 mod pg;
 mod serve;
 
@@ -451,17 +449,9 @@ fn main() -> std::process::ExitCode {
             "serve" => serve::serve().await,
             "local" => local().await,
             "logs" => logs().await,
-            #[cfg(feature = "bench-cloud")]
             "artifacts" => cloud::artifacts().await,
-            #[cfg(feature = "bench-cloud")]
             "warmpool" => cloud::warmpool().await,
-            #[cfg(feature = "bench-cloud")]
             "pg-queue" => pg::pg_queue().await,
-            #[cfg(not(feature = "bench-cloud"))]
-            "artifacts" | "warmpool" | "pg-queue" => {
-                println!("{name:<12} not measured: build with --features bench-cloud (cargo xtask bench does)");
-                Ok(())
-            }
             other => Err(format!("unknown benchmark `{other}`; known: engine, queue, serve, local, logs, artifacts, warmpool, pg-queue")),
         }
     });

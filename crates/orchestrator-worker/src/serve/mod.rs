@@ -1,0 +1,280 @@
+//! The worker loop: lease tasks, execute them, record and settle them by
+//! the policy; beside it the heartbeat, the cancel watcher and the periodic
+//! reaper.
+
+mod background;
+mod process;
+mod settle;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runner_core::{CancellationToken, RunnerAdapter, RunnerConfig};
+use tokio::task::JoinSet;
+
+use crate::config::WorkerConfig;
+use crate::engine::{Engine, EngineSettings, pause};
+use crate::factory::RunnerFactory;
+use crate::metrics::Metrics;
+use crate::queue::TaskQueue;
+use crate::recorder::Recorder;
+use crate::store::{Backends, SqliteStore, Store, StoreError, WorkerBeat};
+
+/// A runner type the worker serves: its config and its engine.
+#[derive(Debug, Clone)]
+struct Served {
+    config: RunnerConfig,
+    engine: Engine,
+}
+
+/// Run tokens of the executions in flight, by execution key (the cancel
+/// watcher fires them).
+type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
+
+/// A worker: one queue, one store, the runners of its config.
+#[derive(Clone)]
+pub struct Worker {
+    id: String,
+    config: WorkerConfig,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn TaskQueue>,
+    served: Arc<BTreeMap<String, Served>>,
+    metrics: Metrics,
+    recorder: Recorder,
+    running: Running,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).finish()
+    }
+}
+
+/// This machine's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// A fresh worker id: host, process and a random part.
+pub fn new_worker_id(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}-{:06x}",
+        hostname(),
+        std::process::id(),
+        fastrand::u32(..0xFF_FFFF)
+    )
+}
+
+impl Worker {
+    /// A worker over the SQLite file of `config` (one machine; tests).
+    /// Must be called inside a Tokio runtime.
+    pub fn new(config: WorkerConfig, factory: &RunnerFactory) -> Result<Self, String> {
+        let store = SqliteStore::open(&config.queue.path).map_err(|e| e.to_string())?;
+        let backends = Backends {
+            queue: Arc::new(store.clone()),
+            store: Arc::new(store),
+        };
+        Self::with_backends(config, factory, backends)
+    }
+
+    /// A worker over the queue and store `config` names (see [`crate::store::open`]).
+    pub async fn open(config: WorkerConfig, factory: &RunnerFactory) -> Result<Self, String> {
+        let backends = crate::store::open(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        Self::with_backends(config, factory, backends)
+    }
+
+    /// A worker taking tasks from `backends.queue`, keeping its state in
+    /// `backends.store`. Must be called inside a Tokio runtime.
+    pub fn with_backends(
+        config: WorkerConfig,
+        factory: &RunnerFactory,
+        backends: Backends,
+    ) -> Result<Self, String> {
+        let id = new_worker_id("");
+        let mut served = BTreeMap::new();
+        for runner in &config.runners {
+            let adapter = factory.create(runner).map_err(|e| e.to_string())?;
+            let engine = Engine::new(
+                adapter,
+                EngineSettings {
+                    retries: runner.retries,
+                    backoff: config.worker.backoff(),
+                    worker_id: id.clone(),
+                    stale_after: config.worker.stale_after(),
+                    max_concurrency: runner.max_concurrency,
+                },
+            )
+            .with_journal(Arc::clone(&backends.store));
+            served.insert(
+                runner.runner_type.clone(),
+                Served {
+                    config: runner.clone(),
+                    engine,
+                },
+            );
+        }
+        Ok(Self {
+            id,
+            recorder: Recorder::spawn(Arc::clone(&backends.store)),
+            queue: backends.queue,
+            store: backends.store,
+            served: Arc::new(served),
+            config,
+            metrics: factory.metrics().clone(),
+            running: Arc::default(),
+        })
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The store (journal, workers, records).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Arc<dyn TaskQueue> {
+        &self.queue
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The runner types this worker serves.
+    pub fn runner_types(&self) -> Vec<String> {
+        self.served.keys().cloned().collect()
+    }
+
+    /// The layered adapters, by runner type (for the reaper).
+    pub fn adapters(&self) -> BTreeMap<String, Arc<dyn RunnerAdapter>> {
+        self.served
+            .iter()
+            .map(|(k, s)| (k.clone(), Arc::clone(s.engine.adapter())))
+            .collect()
+    }
+
+    fn beat(&self) -> WorkerBeat {
+        WorkerBeat {
+            id: self.id.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            runners: self.runner_types(),
+            in_flight: u32::try_from(self.running.lock().map(|r| r.len()).unwrap_or(0))
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Serve until `stop` fires; then stop leasing, give running executions
+    /// the drain grace, cancel what is left (it is torn down and released
+    /// back to the queue), and return.
+    pub async fn serve(&self, stop: CancellationToken) -> Result<(), StoreError> {
+        let hard = CancellationToken::new();
+        let hurry = CancellationToken::new();
+        let visibility = self.config.worker.visibility();
+        let poll = Duration::from_millis(self.config.worker.poll_ms);
+        // Register before leasing: a lease of an unregistered worker looks
+        // dead to the reaper.
+        self.store.worker_heartbeat(&self.beat()).await?;
+        let background = [
+            self.spawn_heartbeat(),
+            self.spawn_cancel_watcher(),
+            self.spawn_reaper(stop.clone()),
+        ];
+        let mut running: JoinSet<()> = JoinSet::new();
+        let concurrency = self.config.worker.concurrency;
+        let mut failures = 0u32;
+        tracing::info!(worker = %self.id, runners = ?self.runner_types(), store = self.store.kind(), "serving");
+        while !stop.is_cancelled() {
+            while running.try_join_next().is_some() {}
+            let free = concurrency.saturating_sub(running.len());
+            if free == 0 {
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+            match self.queue.lease_many(&self.id, visibility, free).await {
+                Ok(leases) if !leases.is_empty() => {
+                    failures = 0;
+                    for lease in leases {
+                        let me = self.clone();
+                        let (hard, hurry) = (hard.clone(), hurry.clone());
+                        running.spawn(async move {
+                            me.process_with(lease, hard, Some(hurry)).await;
+                        });
+                    }
+                }
+                Ok(_) => {
+                    failures = 0;
+                    tokio::select! {
+                        _ = self.queue.wait_for_work(poll) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = self.config.worker.backoff().delay(failures).min(poll * 50);
+                    tracing::error!(error = %e, ?delay, "cannot lease");
+                    pause(delay, &stop).await;
+                }
+            }
+        }
+        let grace = Duration::from_secs(self.config.worker.drain_grace_seconds);
+        tracing::info!(running = running.len(), ?grace, "draining");
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            // Cancel the runs; collection and teardown get
+            // `drain_cleanup_seconds` in all (collection at most half of
+            // it), so the drain ends before a pod's termination grace.
+            let cleanup = Duration::from_secs(self.config.worker.drain_cleanup_seconds);
+            tracing::warn!(
+                running = running.len(),
+                ?cleanup,
+                "drain grace over; cancelling the rest"
+            );
+            hard.cancel();
+            let hurry_later = {
+                let hurry = hurry.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(cleanup / 2).await;
+                    hurry.cancel();
+                })
+            };
+            let cleaned = tokio::time::timeout(cleanup, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            hurry_later.abort();
+            if cleaned.is_err() {
+                tracing::warn!(
+                    running = running.len(),
+                    "drain cleanup time over; leaving the rest to the reaper (their leases lapse, their handles are journaled)"
+                );
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+            }
+        }
+        for task in background {
+            task.abort();
+        }
+        self.store.worker_gone(&self.id).await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
