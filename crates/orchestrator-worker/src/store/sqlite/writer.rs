@@ -1,0 +1,180 @@
+//! Group commit: the writes of the hot path share one transaction each
+//! time the writer runs, every write in a savepoint of its own, and a
+//! write transaction ([`Tx`]) that nests as a savepoint inside the group.
+
+use rusqlite::Connection;
+
+use super::{SqliteStore, store_err};
+use crate::store::StoreError;
+
+/// A write transaction: `BEGIN IMMEDIATE` at the top level (so it never
+/// fails on a read-to-write upgrade while another process writes), a
+/// savepoint inside the writer's group transaction.
+pub(crate) enum Tx<'c> {
+    Top(rusqlite::Transaction<'c>),
+    Nested(rusqlite::Savepoint<'c>),
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Tx::Top(t) => t,
+            Tx::Nested(s) => s,
+        }
+    }
+}
+
+impl Tx<'_> {
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Top(t) => t.commit(),
+            Tx::Nested(s) => s.commit(),
+        }
+        .map_err(store_err)
+    }
+}
+
+/// Begin a write transaction (see [`Tx`]).
+pub(crate) fn immediate(c: &mut Connection) -> Result<Tx<'_>, StoreError> {
+    if c.is_autocommit() {
+        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map(Tx::Top)
+            .map_err(store_err)
+    } else {
+        c.savepoint().map(Tx::Nested).map_err(store_err)
+    }
+}
+
+/// At most this many writes share one transaction.
+const GROUP_MAX: usize = 256;
+
+/// One write waiting for the group transaction.
+pub(super) trait WriteJob: Send {
+    /// Run inside the group transaction (in its own savepoint).
+    fn run(self: Box<Self>, c: &mut Connection) -> Box<dyn WriteDone>;
+    /// The group transaction could not begin.
+    fn fail(self: Box<Self>, error: &str);
+}
+
+/// A write that ran, waiting for the commit.
+pub(super) trait WriteDone: Send {
+    fn finish(self: Box<Self>, commit_error: Option<&str>);
+}
+
+type WriteFn<T> = Box<dyn FnOnce(&mut Connection) -> Result<T, StoreError> + Send>;
+
+struct Job<T> {
+    f: WriteFn<T>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+struct Ran<T> {
+    result: Result<T, StoreError>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send + 'static> WriteJob for Job<T> {
+    fn run(self: Box<Self>, c: &mut Connection) -> Box<dyn WriteDone> {
+        let Job { f, reply } = *self;
+        let result = in_savepoint(c, f);
+        Box::new(Ran { result, reply })
+    }
+
+    fn fail(self: Box<Self>, error: &str) {
+        let _ = self.reply.send(Err(store_err(error)));
+    }
+}
+
+impl<T: Send + 'static> WriteDone for Ran<T> {
+    fn finish(self: Box<Self>, commit_error: Option<&str>) {
+        let result = match commit_error {
+            None => self.result,
+            Some(e) => self
+                .result
+                .and(Err(store_err(format!("commit failed: {e}")))),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// `f` in a savepoint of its own: its failure (or panic) undoes its own
+/// writes only, never the others' in the group.
+fn in_savepoint<T>(c: &mut Connection, f: WriteFn<T>) -> Result<T, StoreError> {
+    c.execute_batch("SAVEPOINT job").map_err(store_err)?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(c)))
+        .unwrap_or_else(|_| Err(store_err("a store write panicked")));
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    c.execute_batch(end).map_err(store_err)?;
+    result
+}
+
+/// Writes waiting for the writer, and whether a writer is running.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) jobs: Vec<Box<dyn WriteJob>>,
+    pub(super) writing: bool,
+}
+
+impl SqliteStore {
+    /// A write, grouped with the others waiting into one transaction.
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.jobs.push(Box::new(Job {
+                f: Box::new(f),
+                reply,
+            }));
+            !std::mem::replace(&mut pending.writing, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.write_groups());
+        }
+        answer
+            .await
+            .map_err(|_| store_err("the store's writer stopped"))?
+    }
+
+    /// Commit groups until no write waits.
+    fn write_groups(&self) {
+        loop {
+            let jobs: Vec<Box<dyn WriteJob>> = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.jobs.is_empty() {
+                    pending.writing = false;
+                    return;
+                }
+                let take = pending.jobs.len().min(GROUP_MAX);
+                pending.jobs.drain(..take).collect()
+            };
+            let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                let error = format!("cannot begin a write: {e}");
+                for job in jobs {
+                    job.fail(&error);
+                }
+                continue;
+            }
+            let ran: Vec<Box<dyn WriteDone>> =
+                jobs.into_iter().map(|job| job.run(&mut conn)).collect();
+            let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            });
+            drop(conn);
+            for done in ran {
+                done.finish(commit_error.as_deref());
+            }
+        }
+    }
+}
