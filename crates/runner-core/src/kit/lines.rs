@@ -231,7 +231,7 @@ impl LogFollower {
     }
 
     /// Feed a chunk and send the lines it completed; `also` sees each line first.
-    pub async fn feed_with(&mut self, bytes: &[u8], also: &mut dyn FnMut(&str)) {
+    pub async fn feed_with(&mut self, bytes: &[u8], also: &mut (dyn FnMut(&str) + Send)) {
         let batches = self.assemble(bytes, false, also);
         for mut batch in batches {
             self.sink.send_batch(&mut batch).await;
@@ -244,7 +244,7 @@ impl LogFollower {
     }
 
     /// The end of the stream: send the last, unterminated line.
-    pub async fn finish_with(&mut self, also: &mut dyn FnMut(&str)) {
+    pub async fn finish_with(&mut self, also: &mut (dyn FnMut(&str) + Send)) {
         let batches = self.assemble(&[], true, also);
         for mut batch in batches {
             self.sink.send_batch(&mut batch).await;
