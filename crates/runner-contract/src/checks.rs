@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use runner_core::artifact::sha256_file;
 use runner_core::safe_path::{is_within, validate_name};
 use runner_core::{
     ArtifactLocation, ErrorKind, LogSink, RunContext, RunnerAdapter, RunnerError, RunnerHandle,
@@ -286,7 +285,10 @@ pub async fn artifacts_are_safe_and_hashed(
         for artifact in &bundle.artifacts {
             validate_name(&artifact.name).map_err(|e| fail(CHECK, e.to_string()))?;
             if !names.insert(artifact.name.as_str()) {
-                return Err(fail(CHECK, format!("artifact name {:?} appears twice", artifact.name)));
+                return Err(fail(
+                    CHECK,
+                    format!("artifact name {:?} appears twice", artifact.name),
+                ));
             }
             let hex_ok = artifact.sha256.len() == 64
                 && artifact
@@ -296,7 +298,10 @@ pub async fn artifacts_are_safe_and_hashed(
             if !hex_ok {
                 return Err(fail(
                     CHECK,
-                    format!("artifact {:?} has a malformed sha256 {:?}", artifact.name, artifact.sha256),
+                    format!(
+                        "artifact {:?} has a malformed sha256 {:?}",
+                        artifact.name, artifact.sha256
+                    ),
                 ));
             }
             if let ArtifactLocation::Local(path) = &artifact.location {
@@ -313,18 +318,7 @@ pub async fn artifacts_are_safe_and_hashed(
                         ),
                     ));
                 }
-                let (size, sha) = sha256_file(path).map_err(|e| {
-                    fail(CHECK, format!("artifact {:?} at {} is unreadable: {e}", artifact.name, path.display()))
-                })?;
-                if size != artifact.size || sha != artifact.sha256 {
-                    return Err(fail(
-                        CHECK,
-                        format!(
-                            "artifact {:?}: reported size {} sha256 {}, stored bytes have size {size} sha256 {sha}",
-                            artifact.name, artifact.size, artifact.sha256
-                        ),
-                    ));
-                }
+                verify_local(CHECK, artifact, path, "")?;
             }
         }
         Ok(())

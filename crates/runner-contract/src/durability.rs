@@ -3,7 +3,6 @@
 //! secrets redacted across chunk boundaries, and memory that does not grow
 //! with the size of a line or an artifact.
 
-use runner_core::artifact::sha256_file;
 use runner_core::{ArtifactBundle, ArtifactLocation, LogSink, RunnerAdapter};
 
 use crate::fixture::Fixture;
@@ -15,17 +14,7 @@ pub async fn artifacts_survive_teardown(adapter: &dyn RunnerAdapter, fixture: &F
     const CHECK: &str = "artifacts_survive_teardown";
     let ctx = context(CHECK);
     let handle = provision(CHECK, adapter, &ctx, fixture).await?;
-    let body = async {
-        adapter
-            .run_test(&ctx, &handle, &fixture.passing)
-            .await
-            .map_err(|e| fail(CHECK, format!("run_test failed: {e}")))?;
-        adapter
-            .collect_artifacts(&ctx, &handle, &fixture.passing)
-            .await
-            .map_err(|e| fail(CHECK, format!("collect_artifacts failed: {e}")))
-    }
-    .await;
+    let body = run_and_collect(CHECK, adapter, &ctx, &handle, &fixture.passing).await;
     let bundle = match body {
         Ok(bundle) => bundle,
         Err(e) => {
@@ -38,25 +27,7 @@ pub async fn artifacts_survive_teardown(adapter: &dyn RunnerAdapter, fixture: &F
         let ArtifactLocation::Local(path) = &artifact.location else {
             continue;
         };
-        let (size, sha) = sha256_file(path).map_err(|e| {
-            fail(
-                CHECK,
-                format!(
-                    "artifact {:?} at {} is gone after teardown: {e}",
-                    artifact.name,
-                    path.display()
-                ),
-            )
-        })?;
-        if size != artifact.size || sha != artifact.sha256 {
-            return Err(fail(
-                CHECK,
-                format!(
-                    "artifact {:?} changed after teardown: reported {} bytes sha256 {}, now {size} bytes sha256 {sha}",
-                    artifact.name, artifact.size, artifact.sha256
-                ),
-            ));
-        }
+        verify_local(CHECK, artifact, path, " after teardown")?;
     }
     Ok(())
 }
@@ -95,11 +66,7 @@ pub async fn collect_is_repeatable(adapter: &dyn RunnerAdapter, fixture: &Fixtur
     let ctx = context(CHECK);
     let handle = provision(CHECK, adapter, &ctx, fixture).await?;
     let body = async {
-        adapter
-            .run_test(&ctx, &handle, &fixture.passing)
-            .await
-            .map_err(|e| fail(CHECK, format!("run_test failed: {e}")))?;
-        let once = collect(CHECK, adapter, &ctx, &handle, fixture).await?;
+        let once = run_and_collect(CHECK, adapter, &ctx, &handle, &fixture.passing).await?;
         let twice = collect(CHECK, adapter, &ctx, &handle, fixture).await?;
         if once != twice {
             return Err(fail(
@@ -154,14 +121,7 @@ pub async fn secret_across_chunks_is_redacted(
     let ctx = context(CHECK).with_log_sink(sink);
     let handle = provision(CHECK, adapter, &ctx, fixture).await?;
     let body = async {
-        adapter
-            .run_test(&ctx, &handle, &case.payload)
-            .await
-            .map_err(|e| fail(CHECK, format!("run_test failed: {e}")))?;
-        let bundle = adapter
-            .collect_artifacts(&ctx, &handle, &case.payload)
-            .await
-            .map_err(|e| fail(CHECK, format!("collect_artifacts failed: {e}")))?;
+        let bundle = run_and_collect(CHECK, adapter, &ctx, &handle, &case.payload).await?;
         for artifact in &bundle.artifacts {
             let ArtifactLocation::Local(path) = &artifact.location else {
                 continue;
@@ -247,18 +207,9 @@ pub async fn measure_memory(
     let ctx = context(CHECK).with_log_sink(sink);
     let handle = provision(CHECK, adapter, &ctx, fixture).await?;
     let before_kib = peak_rss_kib();
-    let body = async {
-        adapter
-            .run_test(&ctx, &handle, &case.payload)
-            .await
-            .map_err(|e| fail(CHECK, format!("run_test failed: {e}")))?;
-        adapter
-            .collect_artifacts(&ctx, &handle, &case.payload)
-            .await
-            .map_err(|e| fail(CHECK, format!("collect_artifacts failed: {e}")))?;
-        Ok(())
-    }
-    .await;
+    let body = run_and_collect(CHECK, adapter, &ctx, &handle, &case.payload)
+        .await
+        .map(|_| ());
     let after_kib = peak_rss_kib();
     finish(adapter, &ctx, &handle, body).await?;
     teardown_and_check_gone(CHECK, adapter, &ctx, &handle).await?;

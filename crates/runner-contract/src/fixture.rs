@@ -115,3 +115,16 @@ impl Fixture {
         self
     }
 }
+
+/// `payload` with `name` set to `value` as a secret env value (what the
+/// secret case's payloads carry).
+pub fn with_secret_env(mut payload: TestPayload, name: &str, value: &str) -> TestPayload {
+    payload.env.insert(
+        name.into(),
+        runner_core::EnvVar::Detailed {
+            value: value.into(),
+            secret: true,
+        },
+    );
+    payload
+}

@@ -16,7 +16,7 @@ pub use durability::{
     MemoryFigures, artifacts_survive_teardown, collect_is_repeatable, measure_memory,
     memory_stays_bounded, peak_rss_kib, provision_is_idempotent, secret_across_chunks_is_redacted,
 };
-pub use fixture::{BigCase, Fixture, SecretCase};
+pub use fixture::{BigCase, Fixture, SecretCase, with_secret_env};
 pub use report::{CHECKS, Check, Report, run_all, run_check};
 pub use support::{ContractFailure, Outcome};
 

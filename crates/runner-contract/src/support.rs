@@ -137,3 +137,51 @@ pub(crate) fn check_ids<P: runner_core::PhaseMarker>(
     }
     Ok(())
 }
+
+/// The bytes of a local artifact match its reported size and sha256;
+/// `when` says at which point ("", "after teardown") for the message.
+pub(crate) fn verify_local(
+    check: &'static str,
+    artifact: &runner_core::Artifact,
+    path: &std::path::Path,
+    when: &str,
+) -> Outcome {
+    let (size, sha) = runner_core::artifact::sha256_file(path).map_err(|e| {
+        fail(
+            check,
+            format!(
+                "artifact {:?} at {} is unreadable{when}: {e}",
+                artifact.name,
+                path.display()
+            ),
+        )
+    })?;
+    if size != artifact.size || sha != artifact.sha256 {
+        return Err(fail(
+            check,
+            format!(
+                "artifact {:?}{when}: reported size {} sha256 {}, stored bytes have size {size} sha256 {sha}",
+                artifact.name, artifact.size, artifact.sha256
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Run `payload` and collect its artifacts.
+pub(crate) async fn run_and_collect(
+    check: &'static str,
+    adapter: &dyn RunnerAdapter,
+    ctx: &RunContext,
+    handle: &RunnerHandle,
+    payload: &runner_core::TestPayload,
+) -> Result<runner_core::ArtifactBundle, ContractFailure> {
+    adapter
+        .run_test(ctx, handle, payload)
+        .await
+        .map_err(|e| fail(check, format!("run_test failed: {e}")))?;
+    adapter
+        .collect_artifacts(ctx, handle, payload)
+        .await
+        .map_err(|e| fail(check, format!("collect_artifacts failed: {e}")))
+}

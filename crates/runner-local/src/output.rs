@@ -43,7 +43,7 @@ pub(crate) type PumpStats = runner_core::kit::LineStats;
 /// Memory stays bounded by one read chunk, one line and one batch whatever
 /// the output size; a slow sink slows the reader, and through the pipe the test.
 pub(crate) fn pump(
-    mut reader: impl Read,
+    reader: impl Read,
     stream: LogStream,
     sink: &LogSink,
     redactor: &Redactor,
@@ -66,17 +66,11 @@ pub(crate) fn pump(
             failed = Some(e);
         }
     };
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        // What one read produced goes out now, so live output stays live.
-        follower.blocking_feed_with(&buf[..n], &mut to_file);
-    }
+    // What one read produced goes out now, so live output stays live.
+    runner_core::kit::read_chunks(reader, &mut |chunk| {
+        follower.blocking_feed_with(chunk, &mut to_file);
+        Ok(())
+    })?;
     follower.blocking_finish_with(&mut to_file);
     if let Some(e) = failed {
         return Err(e);

@@ -31,14 +31,7 @@ const SECRET: &str = "mock-s3cr3t-value";
 fn secret_payload() -> runner_core::TestPayload {
     let mut payload = fixtures::passing();
     payload.name = format!("suite-{SECRET}");
-    payload.env.insert(
-        "TOKEN".into(),
-        runner_core::EnvVar::Detailed {
-            value: SECRET.into(),
-            secret: true,
-        },
-    );
-    payload
+    runner_contract::with_secret_env(payload, "TOKEN", SECRET)
 }
 
 runner_contract::contract_tests!(

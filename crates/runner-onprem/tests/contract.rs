@@ -36,14 +36,7 @@ const SECRET: &str = "hil-s3cr3t-across-the-edge";
 fn secret_payload() -> runner_core::TestPayload {
     let mut payload = common::payload(&[("SIM_LINES", "5")]);
     payload.command = vec!["run-suite".into(), "a".repeat(65_517), SECRET.into()];
-    payload.env.insert(
-        "TOKEN".into(),
-        runner_core::EnvVar::Detailed {
-            value: SECRET.into(),
-            secret: true,
-        },
-    );
-    payload
+    runner_contract::with_secret_env(payload, "TOKEN", SECRET)
 }
 
 async fn setup() -> (runner_onprem::OnPremBenchRunner, bench_sim::SimHandle) {

@@ -327,27 +327,41 @@ impl ArtifactStore {
         self.read_range(key, format!("bytes={offset}-")).await
     }
 
-    async fn read_range(&self, key: &str, range: String) -> Result<Option<Vec<u8>>, AwsError> {
+    /// GetObject, `None` when there is no such object; an empty range
+    /// (past the end) is `Some(None)`.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<Option<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>>, AwsError> {
         let answer = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .range(range)
+            .set_range(range)
             .send()
             .await;
-        let output = match answer {
-            Ok(output) => output,
+        match answer {
+            Ok(output) => Ok(Some(Some(output))),
             Err(e) => {
                 let err = classify("s3:GetObject", &e);
                 if err.is_code("NoSuchKey") || err.status == Some(404) {
-                    return Ok(None);
+                    Ok(None)
+                } else if err.is_code("InvalidRange") || err.status == Some(416) {
+                    Ok(Some(None))
+                } else {
+                    Err(err)
                 }
-                if err.is_code("InvalidRange") || err.status == Some(416) {
-                    return Ok(Some(Vec::new()));
-                }
-                return Err(err);
             }
+        }
+    }
+
+    async fn read_range(&self, key: &str, range: String) -> Result<Option<Vec<u8>>, AwsError> {
+        let output = match self.get_object(key, Some(range)).await? {
+            None => return Ok(None),
+            Some(None) => return Ok(Some(Vec::new())),
+            Some(Some(output)) => output,
         };
         let bytes = output.body.collect().await.map_err(|e| {
             AwsError::new(
@@ -381,22 +395,8 @@ impl ArtifactStore {
         redactor: runner_core::Redactor,
         idle: std::time::Duration,
     ) -> Result<Option<runner_core::kit::Written>, AwsError> {
-        let answer = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        let output = match answer {
-            Ok(output) => output,
-            Err(e) => {
-                let err = classify("s3:GetObject", &e);
-                if err.is_code("NoSuchKey") || err.status == Some(404) {
-                    return Ok(None);
-                }
-                return Err(err);
-            }
+        let Some(Some(output)) = self.get_object(key, None).await? else {
+            return Ok(None);
         };
         let mut body = Body(output.body);
         runner_core::kit::write_stream(&mut body, path, redactor, idle)

@@ -144,24 +144,32 @@ impl RedactingFile {
     }
 }
 
+/// Read `reader` to its end in [`CHUNK`]-sized reads (retrying
+/// interrupted ones), handing each to `each` (blocking).
+pub fn read_chunks(
+    mut reader: impl Read,
+    each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => each(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Copy everything `reader` gives to `to`, redacted and hashed, in chunks
 /// (blocking; call from a blocking thread).
 pub fn copy_redacted(
-    mut reader: impl Read,
+    reader: impl Read,
     to: &Path,
     redactor: &Redactor,
 ) -> std::io::Result<Written> {
     let mut out = RedactingFile::create(to, redactor.clone())?;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_chunk(&buf[..n])?;
-    }
+    read_chunks(reader, &mut |chunk| out.write_chunk(chunk))?;
     out.finish()
 }
 

@@ -12,7 +12,7 @@ pub mod lines;
 
 pub use artifact_writer::{
     ArtifactWriter, ChunkSource, RedactingFile, StreamError, Written, copy_file_redacted,
-    copy_redacted, describe_file, write_stream,
+    copy_redacted, describe_file, read_chunks, write_stream,
 };
 pub use classify::BackendError;
 pub use lines::{LineAssembler, LineStats, LogFollower};
