@@ -17,8 +17,6 @@ mod tests {
     /// list when the kit branch merges.
     const SPLIT_IN_THE_KIT_BRANCH: &[&str] = &[
         "crates/bench-sim/src/server.rs",
-        "crates/runner-contract/src/checks.rs",
-        "crates/runner-ec2/src/lib.rs",
         "crates/runner-local/src/adapter.rs",
     ];
 

@@ -6,6 +6,7 @@
 //! | throttling (Throttling, RequestLimitExceeded, SlowDown, ...) | transient  |
 //! | service-side 5xx, InternalError, ServiceUnavailable          | transient  |
 //! | connection failures, timeouts, unreadable answers            | transient  |
+//! | expired credentials (ExpiredToken, RequestExpired, ...)     | transient, with a hint |
 //! | auth (AuthFailure, UnauthorizedOperation, AccessDenied, ...) | permanent  |
 //! | validation and any other 4xx                                 | permanent  |
 //! | a request the SDK could not build                            | permanent  |
@@ -61,53 +62,20 @@ impl AwsError {
         self,
         ctx: &runner_core::RunContext,
     ) -> runner_core::RunnerError<P> {
-        let kind = self.kind;
-        let message = self.message.clone();
-        runner_core::RunnerError::new(kind, ctx, message).with_source(self)
+        runner_core::kit::classify::into_runner(self, ctx)
     }
 }
 
-/// The kind for a service error code and HTTP status.
-pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
-    const CAPACITY: &[&str] = &[
-        "InsufficientInstanceCapacity",
-        "InstanceLimitExceeded",
-        "InsufficientCapacity",
-        "InsufficientHostCapacity",
-        "InsufficientReservedInstanceCapacity",
-        "MaxSpotInstanceCountExceeded",
-        "VcpuLimitExceeded",
-        "ReservationCapacityExceeded",
-    ];
-    const TRANSIENT: &[&str] = &[
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "SlowDown",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "Unavailable",
-        "InternalError",
-        "InternalFailure",
-        "InternalServerError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    ];
-    match code {
-        Some(code) if CAPACITY.contains(&code) => ErrorKind::Capacity,
-        Some(code) if TRANSIENT.contains(&code) => ErrorKind::Transient,
-        _ => match status {
-            Some(429) => ErrorKind::Transient,
-            Some(s) if s >= 500 => ErrorKind::Transient,
-            _ => ErrorKind::Permanent,
-        },
+impl runner_core::kit::BackendError for AwsError {
+    fn kind(&self) -> ErrorKind {
+        self.kind
     }
+}
+
+/// The kind for a service error code and HTTP status (the kit's table:
+/// `runner_core::kit::classify::aws_code`).
+pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
+    runner_core::kit::classify::aws_code(code, status).kind
 }
 
 /// Classify any SDK error; `operation` names the call in the message.
@@ -120,12 +88,16 @@ where
             let status = service.raw().status().as_u16();
             let inner = service.err();
             let code = inner.code().map(str::to_string);
-            let kind = classify_code(code.as_deref(), Some(status));
+            let classified = runner_core::kit::classify::aws_code(code.as_deref(), Some(status));
             let text = inner.message().unwrap_or("no message");
+            let hint = classified
+                .hint
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
             AwsError {
-                kind,
+                kind: classified.kind,
                 message: format!(
-                    "{operation}: {} (HTTP {status}): {text}",
+                    "{operation}: {} (HTTP {status}): {text}{hint}",
                     code.as_deref().unwrap_or("unknown error")
                 ),
                 code,
@@ -216,5 +188,9 @@ mod tests {
         assert_eq!(classify_code(None, Some(502)), ErrorKind::Transient);
         assert_eq!(classify_code(None, Some(429)), ErrorKind::Transient);
         assert_eq!(classify_code(None, None), ErrorKind::Permanent);
+        assert_eq!(
+            classify_code(Some("ExpiredToken"), Some(400)),
+            ErrorKind::Transient
+        );
     }
 }

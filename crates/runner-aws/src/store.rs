@@ -324,26 +324,44 @@ impl ArtifactStore {
     /// The bytes of `key` from `offset` on: `None` when the object does not
     /// exist (yet), empty when it has no bytes past `offset`.
     pub async fn read_from(&self, key: &str, offset: u64) -> Result<Option<Vec<u8>>, AwsError> {
+        self.read_range(key, format!("bytes={offset}-")).await
+    }
+
+    /// GetObject, `None` when there is no such object; an empty range
+    /// (past the end) is `Some(None)`.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<Option<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>>, AwsError> {
         let answer = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .range(format!("bytes={offset}-"))
+            .set_range(range)
             .send()
             .await;
-        let output = match answer {
-            Ok(output) => output,
+        match answer {
+            Ok(output) => Ok(Some(Some(output))),
             Err(e) => {
                 let err = classify("s3:GetObject", &e);
                 if err.is_code("NoSuchKey") || err.status == Some(404) {
-                    return Ok(None);
+                    Ok(None)
+                } else if err.is_code("InvalidRange") || err.status == Some(416) {
+                    Ok(Some(None))
+                } else {
+                    Err(err)
                 }
-                if err.is_code("InvalidRange") || err.status == Some(416) {
-                    return Ok(Some(Vec::new()));
-                }
-                return Err(err);
             }
+        }
+    }
+
+    async fn read_range(&self, key: &str, range: String) -> Result<Option<Vec<u8>>, AwsError> {
+        let output = match self.get_object(key, Some(range)).await? {
+            None => return Ok(None),
+            Some(None) => return Ok(Some(Vec::new())),
+            Some(Some(output)) => output,
         };
         let bytes = output.body.collect().await.map_err(|e| {
             AwsError::new(
@@ -352,6 +370,45 @@ impl ArtifactStore {
             )
         })?;
         Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    /// At most `max` bytes of `key` from `offset` on (a log follower's
+    /// bounded read): `None` when the object does not exist (yet), empty
+    /// when it has no bytes past `offset`.
+    pub async fn read_at(
+        &self,
+        key: &str,
+        offset: u64,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, AwsError> {
+        let end = offset.saturating_add(max.max(1)) - 1;
+        self.read_range(key, format!("bytes={offset}-{end}")).await
+    }
+
+    /// Stream `key` down to `path`, redacting `redactor`'s secrets and
+    /// hashing as it goes, in bounded memory; a body that stalls for
+    /// `idle` is a transient error. `None` when the object does not exist.
+    pub async fn download_to(
+        &self,
+        key: &str,
+        path: &Path,
+        redactor: runner_core::Redactor,
+        idle: std::time::Duration,
+    ) -> Result<Option<runner_core::kit::Written>, AwsError> {
+        let Some(Some(output)) = self.get_object(key, None).await? else {
+            return Ok(None);
+        };
+        let mut body = Body(output.body);
+        runner_core::kit::write_stream(&mut body, path, redactor, idle)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                let kind = match e {
+                    runner_core::kit::StreamError::Io(_) => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient,
+                };
+                AwsError::new(kind, format!("s3:GetObject {key}: {e}"))
+            })
     }
 
     /// Every object under `prefix`.
@@ -489,6 +546,21 @@ async fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, AwsEr
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.take(len).read_to_end(&mut buf).await.map_err(io)?;
     Ok(buf)
+}
+
+/// An object body as the kit's chunk source.
+struct Body(ByteStream);
+
+#[runner_core::async_trait]
+impl runner_core::kit::ChunkSource for Body {
+    type Chunk = Vec<u8>;
+    type Error = String;
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self.0.try_next().await {
+            Ok(chunk) => Ok(chunk.map(|b| b.to_vec())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,7 @@
-//! The contract checks, one public async function per behaviour.
+//! The lifecycle checks, one public async function per behaviour.
 
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use runner_core::artifact::sha256_file;
 use runner_core::safe_path::{is_within, validate_name};
 use runner_core::{
     ArtifactLocation, ErrorKind, LogSink, RunContext, RunnerAdapter, RunnerError, RunnerHandle,
@@ -12,181 +9,7 @@ use runner_core::{
 };
 
 use crate::fixture::Fixture;
-
-/// A check that did not hold, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContractFailure {
-    /// The check's name.
-    pub check: &'static str,
-    /// What was wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ContractFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "contract check `{}` failed: {}",
-            self.check, self.message
-        )
-    }
-}
-
-impl std::error::Error for ContractFailure {}
-
-/// The result of one check.
-pub type Outcome = Result<(), ContractFailure>;
-
-/// A check's name and whether it applies to an adapter with some capabilities.
-#[derive(Debug, Clone, Copy)]
-pub struct Check {
-    /// The check's (and its function's) name.
-    pub name: &'static str,
-    /// What it shows.
-    pub description: &'static str,
-}
-
-/// Every check, in the order [`run_all`] runs them.
-pub const CHECKS: &[Check] = &[
-    Check {
-        name: "full_lifecycle",
-        description: "provision, a passing run, logs collected, teardown, nothing left",
-    },
-    Check {
-        name: "teardown_after_failed_run",
-        description: "a failing test is a result; artifacts and teardown still work",
-    },
-    Check {
-        name: "teardown_released_handle",
-        description: "a second teardown succeeds (idempotent) or fails cleanly",
-    },
-    Check {
-        name: "handle_survives_serialization",
-        description: "a handle read back from JSON runs and tears down",
-    },
-    Check {
-        name: "cancellation_ends_run",
-        description: "cancelling mid-run ends the phase within the bound",
-    },
-    Check {
-        name: "invalid_spec_is_permanent",
-        description: "an invalid bench is a permanent invalid_spec error naming the field",
-    },
-    Check {
-        name: "artifacts_are_safe_and_hashed",
-        description: "artifact names stay inside; size and sha256 match the bytes",
-    },
-    Check {
-        name: "errors_carry_ids",
-        description: "every error carries the context's ids; foreign handles are errors",
-    },
-];
-
-fn fail(check: &'static str, message: impl Into<String>) -> ContractFailure {
-    ContractFailure {
-        check,
-        message: message.into(),
-    }
-}
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn context(check: &str) -> RunContext {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    RunContext::new(
-        format!("contract-{check}-{pid}-{n}"),
-        format!("corr-{check}-{pid}-{n}"),
-    )
-}
-
-async fn provision(
-    check: &'static str,
-    adapter: &dyn RunnerAdapter,
-    ctx: &RunContext,
-    fixture: &Fixture,
-) -> Result<RunnerHandle, ContractFailure> {
-    adapter
-        .provision(ctx, &fixture.bench)
-        .await
-        .map_err(|e| fail(check, format!("provision of the fixture bench failed: {e}")))
-}
-
-/// Best-effort release after a check failed half-way.
-async fn cleanup(adapter: &dyn RunnerAdapter, ctx: &RunContext, handle: &RunnerHandle) {
-    let _ = adapter.teardown(ctx, handle).await;
-}
-
-async fn finish(
-    adapter: &dyn RunnerAdapter,
-    ctx: &RunContext,
-    handle: &RunnerHandle,
-    body: Outcome,
-) -> Outcome {
-    if body.is_err() {
-        cleanup(adapter, ctx, handle).await;
-    }
-    body
-}
-
-async fn teardown_and_check_gone(
-    check: &'static str,
-    adapter: &dyn RunnerAdapter,
-    ctx: &RunContext,
-    handle: &RunnerHandle,
-) -> Outcome {
-    adapter
-        .teardown(ctx, handle)
-        .await
-        .map_err(|e| fail(check, format!("teardown failed: {e}")))?;
-    assert_not_listed(check, adapter, ctx, handle).await
-}
-
-async fn assert_not_listed(
-    check: &'static str,
-    adapter: &dyn RunnerAdapter,
-    ctx: &RunContext,
-    handle: &RunnerHandle,
-) -> Outcome {
-    if !adapter.capabilities().leak_listing {
-        return Ok(());
-    }
-    let owned = adapter
-        .list_owned(ctx)
-        .await
-        .map_err(|e| fail(check, format!("list_owned failed: {e}")))?;
-    if owned.iter().any(|r| r.resource_id == handle.handle_id()) {
-        return Err(fail(
-            check,
-            format!(
-                "resource {} is still listed as owned after teardown returned Ok (leak)",
-                handle.handle_id()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_ids<P: runner_core::PhaseMarker>(
-    check: &'static str,
-    what: &str,
-    ctx: &RunContext,
-    err: &RunnerError<P>,
-) -> Outcome {
-    if err.execution_id() != ctx.execution_id() || err.correlation_id() != ctx.correlation_id() {
-        return Err(fail(
-            check,
-            format!(
-                "{what}: error ids (execution {:?}, correlation {:?}) differ from the context's ({:?}, {:?})",
-                err.execution_id(),
-                err.correlation_id(),
-                ctx.execution_id(),
-                ctx.correlation_id()
-            ),
-        ));
-    }
-    Ok(())
-}
+use crate::support::*;
 
 /// Provision, run the passing payload, collect at least one artifact, tear
 /// down; afterwards nothing is listed as owned.
@@ -462,7 +285,10 @@ pub async fn artifacts_are_safe_and_hashed(
         for artifact in &bundle.artifacts {
             validate_name(&artifact.name).map_err(|e| fail(CHECK, e.to_string()))?;
             if !names.insert(artifact.name.as_str()) {
-                return Err(fail(CHECK, format!("artifact name {:?} appears twice", artifact.name)));
+                return Err(fail(
+                    CHECK,
+                    format!("artifact name {:?} appears twice", artifact.name),
+                ));
             }
             let hex_ok = artifact.sha256.len() == 64
                 && artifact
@@ -472,7 +298,10 @@ pub async fn artifacts_are_safe_and_hashed(
             if !hex_ok {
                 return Err(fail(
                     CHECK,
-                    format!("artifact {:?} has a malformed sha256 {:?}", artifact.name, artifact.sha256),
+                    format!(
+                        "artifact {:?} has a malformed sha256 {:?}",
+                        artifact.name, artifact.sha256
+                    ),
                 ));
             }
             if let ArtifactLocation::Local(path) = &artifact.location {
@@ -489,18 +318,7 @@ pub async fn artifacts_are_safe_and_hashed(
                         ),
                     ));
                 }
-                let (size, sha) = sha256_file(path).map_err(|e| {
-                    fail(CHECK, format!("artifact {:?} at {} is unreadable: {e}", artifact.name, path.display()))
-                })?;
-                if size != artifact.size || sha != artifact.sha256 {
-                    return Err(fail(
-                        CHECK,
-                        format!(
-                            "artifact {:?}: reported size {} sha256 {}, stored bytes have size {size} sha256 {sha}",
-                            artifact.name, artifact.size, artifact.sha256
-                        ),
-                    ));
-                }
+                verify_local(CHECK, artifact, path, "")?;
             }
         }
         Ok(())
@@ -566,77 +384,5 @@ fn expect_clean_error<P: runner_core::PhaseMarker>(
         )),
         Err(e) if e.is_retryable() => Err(fail(check, format!("{what} is retryable: {e}"))),
         Err(e) => check_ids(check, what, ctx, &e),
-    }
-}
-
-/// Run one check by name.
-pub async fn run_check(
-    name: &str,
-    adapter: &dyn RunnerAdapter,
-    fixture: &Fixture,
-) -> Option<Outcome> {
-    Some(match name {
-        "full_lifecycle" => full_lifecycle(adapter, fixture).await,
-        "teardown_after_failed_run" => teardown_after_failed_run(adapter, fixture).await,
-        "teardown_released_handle" => teardown_released_handle(adapter, fixture).await,
-        "handle_survives_serialization" => handle_survives_serialization(adapter, fixture).await,
-        "cancellation_ends_run" => cancellation_ends_run(adapter, fixture).await,
-        "invalid_spec_is_permanent" => invalid_spec_is_permanent(adapter, fixture).await,
-        "artifacts_are_safe_and_hashed" => artifacts_are_safe_and_hashed(adapter, fixture).await,
-        "errors_carry_ids" => errors_carry_ids(adapter, fixture).await,
-        _ => return None,
-    })
-}
-
-/// The outcome of every check on one adapter.
-#[derive(Debug)]
-pub struct Report {
-    /// The adapter's runner type.
-    pub runner_type: String,
-    /// Each check's name, outcome and wall time.
-    pub outcomes: Vec<(&'static str, Outcome, Duration)>,
-}
-
-impl Report {
-    /// Whether every check held.
-    pub fn is_ok(&self) -> bool {
-        self.outcomes.iter().all(|(_, o, _)| o.is_ok())
-    }
-
-    /// The failures.
-    pub fn failures(&self) -> Vec<&ContractFailure> {
-        self.outcomes
-            .iter()
-            .filter_map(|(_, o, _)| o.as_ref().err())
-            .collect()
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "contract suite on `{}`:", self.runner_type)?;
-        for (name, outcome, took) in &self.outcomes {
-            match outcome {
-                Ok(()) => writeln!(f, "  ok    {name} ({} ms)", took.as_millis())?,
-                Err(e) => writeln!(f, "  FAIL  {name}: {}", e.message)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Run every check in [`CHECKS`] against `adapter`.
-pub async fn run_all(adapter: &dyn RunnerAdapter, fixture: &Fixture) -> Report {
-    let mut outcomes = Vec::new();
-    for check in CHECKS {
-        let started = Instant::now();
-        let outcome = run_check(check.name, adapter, fixture)
-            .await
-            .unwrap_or_else(|| Err(fail("run_all", format!("unknown check {}", check.name))));
-        outcomes.push((check.name, outcome, started.elapsed()));
-    }
-    Report {
-        runner_type: adapter.runner_type().to_owned(),
-        outcomes,
     }
 }

@@ -24,6 +24,10 @@ pub struct Fixture {
     pub cancel_bound: Duration,
     /// Local artifacts must lie below this directory, when set.
     pub artifacts_root: Option<PathBuf>,
+    /// The secret-across-chunks case, when the backend can run one.
+    pub secret_case: Option<SecretCase>,
+    /// The memory-bound case, when the backend can run one.
+    pub big_case: Option<BigCase>,
 }
 
 impl Fixture {
@@ -45,6 +49,8 @@ impl Fixture {
             long_running,
             cancel_bound: Duration::from_secs(10),
             artifacts_root: None,
+            secret_case: None,
+            big_case: None,
         }
     }
 
@@ -59,4 +65,66 @@ impl Fixture {
         self.artifacts_root = Some(root.into());
         self
     }
+}
+
+/// A payload whose output and an artifact both carry a secret placed across
+/// a 64 KiB chunk boundary (the secret is a secret env value of the payload).
+#[derive(Debug, Clone)]
+pub struct SecretCase {
+    /// The payload.
+    pub payload: TestPayload,
+    /// The secret value it prints and writes.
+    pub secret: String,
+}
+
+/// A payload that prints a 100 MiB line without a newline and writes a
+/// large artifact (1 GiB where the emulator can take it), and the bound the
+/// backend keeps its memory growth under while running and collecting it.
+#[derive(Debug, Clone)]
+pub struct BigCase {
+    /// The payload.
+    pub payload: TestPayload,
+    /// The most the process's peak RSS may grow, in KiB.
+    pub memory_bound_kib: u64,
+    /// What the payload produces, for the report (`"100 MiB line, 1 GiB artifact"`).
+    pub describes: String,
+}
+
+impl Fixture {
+    /// Check that a secret across a chunk boundary is redacted in logs and artifacts.
+    pub fn with_secret_case(mut self, payload: TestPayload, secret: impl Into<String>) -> Self {
+        self.secret_case = Some(SecretCase {
+            payload,
+            secret: secret.into(),
+        });
+        self
+    }
+
+    /// Check that a huge line and a huge artifact keep memory under a bound.
+    pub fn with_big_case(
+        mut self,
+        payload: TestPayload,
+        memory_bound_kib: u64,
+        describes: impl Into<String>,
+    ) -> Self {
+        self.big_case = Some(BigCase {
+            payload,
+            memory_bound_kib,
+            describes: describes.into(),
+        });
+        self
+    }
+}
+
+/// `payload` with `name` set to `value` as a secret env value (what the
+/// secret case's payloads carry).
+pub fn with_secret_env(mut payload: TestPayload, name: &str, value: &str) -> TestPayload {
+    payload.env.insert(
+        name.into(),
+        runner_core::EnvVar::Detailed {
+            value: value.into(),
+            secret: true,
+        },
+    );
+    payload
 }

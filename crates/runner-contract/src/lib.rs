@@ -4,15 +4,24 @@
 #![warn(missing_docs)]
 
 mod checks;
+mod durability;
 mod fixture;
+mod report;
+pub mod scripts;
+mod support;
 
 pub use checks::{
-    CHECKS, Check, ContractFailure, Outcome, Report, artifacts_are_safe_and_hashed,
-    cancellation_ends_run, errors_carry_ids, full_lifecycle, handle_survives_serialization,
-    invalid_spec_is_permanent, run_all, run_check, teardown_after_failed_run,
+    artifacts_are_safe_and_hashed, cancellation_ends_run, errors_carry_ids, full_lifecycle,
+    handle_survives_serialization, invalid_spec_is_permanent, teardown_after_failed_run,
     teardown_released_handle,
 };
-pub use fixture::Fixture;
+pub use durability::{
+    MemoryFigures, artifacts_survive_teardown, collect_is_repeatable, measure_memory,
+    memory_stays_bounded, peak_rss_kib, provision_is_idempotent, secret_across_chunks_is_redacted,
+};
+pub use fixture::{BigCase, Fixture, SecretCase, with_secret_env};
+pub use report::{CHECKS, Check, Report, run_all, run_check};
+pub use support::{ContractFailure, Outcome};
 
 /// Generate one `#[tokio::test]` per contract check for an adapter.
 ///
@@ -37,6 +46,11 @@ macro_rules! contract_tests {
             invalid_spec_is_permanent,
             artifacts_are_safe_and_hashed,
             errors_carry_ids,
+            artifacts_survive_teardown,
+            provision_is_idempotent,
+            collect_is_repeatable,
+            secret_across_chunks_is_redacted,
+            memory_stays_bounded,
         );
     };
     (@each $setup:expr, $fixture:expr; $($check:ident),* $(,)?) => {

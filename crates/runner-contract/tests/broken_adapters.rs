@@ -24,7 +24,13 @@ enum Breakage {
     UnsafeArtifactName,
     WrongSha256,
     DropsIds,
+    /// Keeps its log inside the environment that teardown deletes.
+    DeletesArtifactsAtTeardown,
+    /// Ignores the execution key: every provision makes a new resource.
+    ProvisionsTwice,
 }
+
+static FRESH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Debug)]
 struct Broken {
@@ -45,6 +51,13 @@ impl RunnerAdapter for Broken {
         ctx: &RunContext,
         bench: &BenchSpec,
     ) -> Result<RunnerHandle, ProvisionError> {
+        if self.breakage == Breakage::ProvisionsTwice {
+            let n = FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fresh = ctx
+                .clone()
+                .with_execution_key(format!("{}-{n}", ctx.execution_key()));
+            return self.inner.provision(&fresh, bench).await;
+        }
         let result = self.inner.provision(ctx, bench).await;
         match (self.breakage, result) {
             (Breakage::DropsIds, Err(e)) => {
@@ -86,6 +99,9 @@ impl RunnerAdapter for Broken {
     async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
         if self.breakage == Breakage::LeakyTeardown {
             return Ok(());
+        }
+        if self.breakage == Breakage::DeletesArtifactsAtTeardown {
+            let _ = std::fs::remove_dir_all(dir().join(ctx.execution_id()));
         }
         self.inner.teardown(ctx, handle).await
     }
@@ -144,7 +160,25 @@ async fn catches_unsafe_artifact_names() {
 #[tokio::test]
 async fn catches_a_wrong_sha256() {
     let failed = failed_checks(Breakage::WrongSha256).await;
-    assert_eq!(failed, vec!["artifacts_are_safe_and_hashed"]);
+    assert_eq!(
+        failed,
+        vec![
+            "artifacts_are_safe_and_hashed",
+            "artifacts_survive_teardown"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn catches_artifacts_that_teardown_deletes() {
+    let failed = failed_checks(Breakage::DeletesArtifactsAtTeardown).await;
+    assert_eq!(failed, vec!["artifacts_survive_teardown"]);
+}
+
+#[tokio::test]
+async fn catches_a_provision_that_ignores_the_execution_key() {
+    let failed = failed_checks(Breakage::ProvisionsTwice).await;
+    assert_eq!(failed, vec!["provision_is_idempotent"]);
 }
 
 #[tokio::test]

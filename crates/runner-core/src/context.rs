@@ -230,20 +230,9 @@ impl LogSink {
         let redacted = self.redactor.redact(text);
         batch.push_prepared(
             stream,
-            truncate_at_char_boundary(&redacted, Self::MAX_LINE_BYTES),
+            crate::kit::lines::truncate_at_char_boundary(&redacted, Self::MAX_LINE_BYTES),
         );
     }
-}
-
-fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 impl LogReceiver {

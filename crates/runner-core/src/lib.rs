@@ -12,6 +12,7 @@ pub mod context;
 pub mod doc;
 pub mod error;
 pub mod handle;
+pub mod kit;
 pub mod phase;
 pub mod redact;
 pub mod registry;

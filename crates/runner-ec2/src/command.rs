@@ -14,8 +14,9 @@
 use std::time::Duration;
 
 use aws_sdk_ssm::types::CommandInvocationStatus;
+use runner_core::kit::LogFollower;
+use runner_core::{ErrorKind, LogSink, LogStream, TestResult, TestStatus};
 use runner_aws::{ArtifactStore, AwsError, classify};
-use runner_core::{ErrorKind, LogBatch, LogSink, LogStream, TestResult, TestStatus};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -56,50 +57,45 @@ pub struct CommandSpec<'a> {
     pub execution_timeout: u64,
 }
 
-/// Where the output is followed from.
-#[derive(Debug, Default)]
+/// The most bytes of output one poll reads (the follower then reads again
+/// at once): memory stays bounded however fast the test writes.
+const READ_MAX: u64 = 1024 * 1024;
+
+/// Where the output is followed from: an offset into the output object and
+/// the kit's bounded line assembler.
+#[derive(Debug)]
 struct Follower {
     offset: u64,
-    partial: Vec<u8>,
+    lines: LogFollower,
 }
 
 impl Follower {
-    /// Read new bytes of the output object and send complete lines.
-    async fn poll(
-        &mut self,
-        store: &ArtifactStore,
-        key: &str,
-        sink: &LogSink,
-    ) -> Result<(), AwsError> {
-        let Some(bytes) = store.read_from(key, self.offset).await? else {
-            return Ok(());
-        };
-        if bytes.is_empty() {
-            return Ok(());
+    fn new(sink: &LogSink) -> Follower {
+        Follower {
+            offset: 0,
+            lines: LogFollower::new(sink.clone(), LogStream::Stdout),
         }
-        self.offset += bytes.len() as u64;
-        self.partial.extend_from_slice(&bytes);
-        let mut batch = LogBatch::default();
-        let mut start = 0;
-        while let Some(pos) = self.partial[start..].iter().position(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(&self.partial[start..start + pos]);
-            sink.push(&mut batch, LogStream::Stdout, &line);
-            if batch.is_full() {
-                sink.send_batch(&mut batch).await;
-            }
-            start += pos + 1;
-        }
-        self.partial.drain(..start);
-        sink.send_batch(&mut batch).await;
-        Ok(())
     }
 
-    async fn finish(&mut self, sink: &LogSink) {
-        if !self.partial.is_empty() {
-            let line = String::from_utf8_lossy(&self.partial).to_string();
-            sink.send(LogStream::Stdout, &line).await;
-            self.partial.clear();
+    /// Read new bytes of the output object and send complete lines.
+    async fn poll(&mut self, store: &ArtifactStore, key: &str) -> Result<(), AwsError> {
+        loop {
+            let Some(bytes) = store.read_at(key, self.offset, READ_MAX).await? else {
+                return Ok(());
+            };
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            self.offset += bytes.len() as u64;
+            self.lines.feed(&bytes).await;
+            if (bytes.len() as u64) < READ_MAX {
+                return Ok(());
+            }
         }
+    }
+
+    async fn finish(&mut self) {
+        self.lines.finish().await;
     }
 }
 
@@ -117,6 +113,34 @@ async fn send_or_find(
         .send()
         .await
         .map_err(|e| classify("ssm:ListCommands", &e))?;
+    // A command another attempt of this execution key left running (its
+    // worker died; this attempt adopted the instance) is cancelled before
+    // this one starts: two tests never share the instance.
+    let key_prefix = spec
+        .execution_id
+        .rsplit_once('.')
+        .map(|(key, _)| format!("{key}."));
+    for stale in listed.commands().iter().filter(|c| {
+        let comment = c.comment().unwrap_or_default();
+        comment != comment_for(spec.execution_id)
+            && key_prefix
+                .as_deref()
+                .is_some_and(|p| comment.starts_with(p))
+            && matches!(
+                c.status().map(|s| s.as_str()),
+                Some("Pending" | "InProgress" | "Delayed")
+            )
+    }) {
+        if let Some(id) = stale.command_id() {
+            tracing::warn!(
+                command_id = id,
+                instance = spec.instance_id,
+                attempt_of = stale.comment().unwrap_or_default(),
+                "cancelling the command a dead attempt left running"
+            );
+            cancel_command(ops, id, spec.instance_id).await;
+        }
+    }
     let reusable = listed.commands().iter().find(|c| {
         c.comment() == Some(comment.as_str())
             && !matches!(
@@ -221,7 +245,7 @@ pub async fn run(
     let started = Instant::now();
     let command_id = send_or_find(ops, store, &spec).await?;
     let output_key = format!("{}output.log", spec.prefix);
-    let mut follower = Follower::default();
+    let mut follower = Follower::new(sink);
     let mut backoff = Backoff::new(&ops.config);
     let mut missing_polls = 0u32;
     let ended = loop {
@@ -233,8 +257,8 @@ pub async fn run(
         };
         if let Some(status) = stop {
             cancel_command(ops, &command_id, spec.instance_id).await;
-            follower.poll(store, &output_key, sink).await.ok();
-            follower.finish(sink).await;
+            follower.poll(store, &output_key).await.ok();
+            follower.finish().await;
             let why = if status == TestStatus::Cancelled {
                 "cancelled"
             } else {
@@ -245,7 +269,7 @@ pub async fn run(
                 format!("command {command_id}: {why}; CancelCommand sent"),
             ));
         }
-        if let Err(e) = follower.poll(store, &output_key, sink).await {
+        if let Err(e) = follower.poll(store, &output_key).await {
             tracing::debug!(error = %e, "live output not readable yet");
         }
         match invocation(ops, &command_id, spec.instance_id).await? {
@@ -265,8 +289,8 @@ pub async fn run(
             Some(state) => break state,
         }
     };
-    follower.poll(store, &output_key, sink).await?;
-    follower.finish(sink).await;
+    follower.poll(store, &output_key).await?;
+    follower.finish().await;
     let elapsed = started.elapsed();
     map_end(store, &spec, &command_id, ended, elapsed).await
 }

@@ -277,7 +277,24 @@ impl Ops {
     ) -> Result<(), AwsError> {
         let mut backoff = Backoff::new(&self.config);
         loop {
-            match self.describe(id).await? {
+            // A passing describe failure (throttling, a 5xx) is one more
+            // poll, not a failed provision: the deadline bounds the wait.
+            let described = match self.describe(id).await {
+                Ok(described) => described,
+                Err(e) if e.kind == ErrorKind::Transient => {
+                    tracing::debug!(instance = id, error = %e, "describe failed while waiting; polling on");
+                    backoff
+                        .sleep(
+                            deadline,
+                            cancel,
+                            &format!("instance {id} to run (last error: {e})"),
+                        )
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match described {
                 Some(i) if i.state == "running" => break,
                 Some(i) if i.state == "pending" => {}
                 Some(i) => {
@@ -312,7 +329,22 @@ impl Ops {
                 )
                 .send()
                 .await
-                .map_err(|e| classify("ssm:DescribeInstanceInformation", &e))?;
+                .map_err(|e| classify("ssm:DescribeInstanceInformation", &e));
+            let info = match info {
+                Ok(info) => info,
+                Err(e) if e.kind == ErrorKind::Transient => {
+                    tracing::debug!(instance = id, error = %e, "SSM describe failed while waiting; polling on");
+                    backoff
+                        .sleep(
+                            deadline,
+                            cancel,
+                            &format!("the SSM agent on {id} (last error: {e})"),
+                        )
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let online = info.instance_information_list().iter().any(|i| {
                 i.instance_id() == Some(id)
                     && i.ping_status() == Some(&aws_sdk_ssm::types::PingStatus::Online)

@@ -1,10 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod cleanup;
+mod collect;
 pub mod command;
 pub mod config;
 pub mod instances;
 pub mod pool;
 mod register;
+mod provision;
 pub mod script;
 
 use std::path::Path;
@@ -13,17 +16,16 @@ use std::time::Duration;
 
 use runner_aws::{ArtifactStore, AwsError, S3Uri};
 use runner_core::{
-    ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
-    ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig,
-    RunnerHandle, TeardownError, TestPayload, TestResult, async_trait, decode_spec,
+    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ConfigError, ExecutionError,
+    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle,
+    TeardownError, TestPayload, TestResult, async_trait, decode_spec,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
 
 pub use config::{BenchBackend, Ec2Config, LaunchTemplate, PoolConfig};
-use instances::{LIVE_STATES, Ops, now_secs, tags};
+use instances::Ops;
 pub use pool::Refill;
 pub use register::register;
 
@@ -32,26 +34,6 @@ pub use register::register;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoSection {}
-
-/// Where the attempts of `execution_key` keep their files: execution ids
-/// are `KEY.ATTEMPT`, so this is `PREFIX/KEY.`.
-fn attempts_prefix(prefix: &str, execution_key: &str) -> String {
-    let base = prefix.trim_matches('/');
-    if base.is_empty() {
-        format!("{execution_key}.")
-    } else {
-        format!("{base}/{execution_key}.")
-    }
-}
-
-/// Whether `key` is the `env.sh` of one attempt under `attempts` (the
-/// attempt number, then the file: another key that merely starts the
-/// same, `KEY.other/...`, is not).
-fn is_attempt_env_file(attempts: &str, key: &str) -> bool {
-    key.strip_prefix(attempts)
-        .and_then(|rest| rest.strip_suffix("/env.sh"))
-        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-}
 
 /// The runner type in configs and handles.
 pub const RUNNER_TYPE: &str = "ec2";
@@ -78,6 +60,8 @@ struct Inner {
     clients: OnceCell<Arc<Clients>>,
     claim_lock: Mutex<()>,
     refill_started: std::sync::atomic::AtomicBool,
+    /// Launches per execution id by this runner: each gets its own client token.
+    launches: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// The EC2 backend. Cheap to construct: the AWS configuration is loaded
@@ -95,12 +79,6 @@ impl std::fmt::Debug for Ec2Runner {
     }
 }
 
-fn client_token(owner: &str, execution_key: &str, attempt: u32) -> String {
-    let digest = Sha256::digest(format!("{owner}\n{execution_key}\n{attempt}").as_bytes());
-    // 64 ASCII characters at most; 5 + 40.
-    format!("orch-{}", &hex::encode(digest)[..40])
-}
-
 impl Ec2Runner {
     /// A runner over validated settings; clients come from the default
     /// chain on first use.
@@ -114,6 +92,7 @@ impl Ec2Runner {
                 clients: OnceCell::new(),
                 claim_lock: Mutex::new(()),
                 refill_started: Default::default(),
+                launches: Default::default(),
             }),
         })
     }
@@ -220,111 +199,16 @@ impl Ec2Runner {
             }
         });
     }
-
-    fn handle(
-        &self,
-        ctx: &RunContext,
-        instance_id: &str,
-        pool: Option<String>,
-    ) -> Result<RunnerHandle, ProvisionError> {
-        RunnerHandle::new(
-            RUNNER_TYPE,
-            instance_id,
-            ctx.execution_id(),
-            &Ec2State {
-                instance_id: instance_id.to_string(),
-                execution_key: ctx.execution_key().to_string(),
-                pool,
-            },
-        )
-        .map_err(|e| ProvisionError::permanent(ctx, e.to_string()))
-    }
-
-    fn deadline(&self, ctx: &RunContext) -> Instant {
-        ctx.deadline().map(Instant::from_std).unwrap_or_else(|| {
-            Instant::now() + Duration::from_secs(self.inner.config.provision_wait_seconds)
-        })
-    }
-
-    /// Wait for an instance; terminate it when it does not get there.
-    async fn ready_or_terminate(
-        &self,
-        ops: &Ops,
-        ctx: &RunContext,
-        id: &str,
-    ) -> Result<(), ProvisionError> {
-        match ops
-            .wait_ready(id, self.deadline(ctx), ctx.cancel_token())
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(instance = id, error = %e, "instance not ready; terminating it before the error returns");
-                if let Err(t) = ops.terminate(id).await {
-                    tracing::warn!(instance = id, error = %t, "could not terminate the half-made instance; leak listing will find it");
-                }
-                Err(e.into_runner(ctx))
-            }
-        }
-    }
-
-    fn execution_tags(&self, ctx: &RunContext) -> Vec<(String, String)> {
-        vec![
-            (
-                tags::MANAGED_BY.to_string(),
-                self.inner.config.owner.clone(),
-            ),
-            (
-                tags::EXECUTION_KEY.to_string(),
-                ctx.execution_key().to_string(),
-            ),
-            (
-                tags::EXECUTION_ID.to_string(),
-                ctx.execution_id().to_string(),
-            ),
-            (
-                tags::CORRELATION_ID.to_string(),
-                ctx.correlation_id().to_string(),
-            ),
-            ("Name".to_string(), format!("orch-{}", ctx.execution_id())),
-        ]
-        .into_iter()
-        .chain(
-            (!ctx.worker_id().is_empty())
-                .then(|| (tags::WORKER.to_string(), ctx.worker_id().to_string())),
-        )
-        .collect()
-    }
 }
 
 fn check_payload<P: runner_core::PhaseMarker>(
     ctx: &RunContext,
     payload: &TestPayload,
 ) -> Result<(), runner_core::RunnerError<P>> {
-    if payload.command.is_empty() || payload.command[0].is_empty() {
-        return Err(runner_core::RunnerError::invalid_spec(
-            ctx,
-            "payload.command",
-            "must name a program",
-        ));
-    }
-    if let Some(dir) = &payload.working_dir {
-        runner_core::safe_path::validate_name(dir).map_err(|e| {
-            runner_core::RunnerError::invalid_spec(ctx, "payload.working_dir", e.to_string())
-        })?;
-    }
-    for (i, glob) in payload.artifacts.iter().enumerate() {
-        let bad =
-            glob.is_empty() || glob.starts_with('/') || glob.split('/').any(|part| part == "..");
-        if bad {
-            return Err(runner_core::RunnerError::invalid_spec(
-                ctx,
-                format!("payload.artifacts[{i}]"),
-                format!("{glob:?} must be a relative pattern without `..`"),
-            ));
-        }
-    }
-    Ok(())
+    use runner_core::kit::checks;
+    checks::command(ctx, payload)?;
+    checks::relative_working_dir(ctx, payload)?;
+    checks::artifact_patterns(ctx, payload)
 }
 
 #[async_trait]
@@ -354,14 +238,7 @@ impl RunnerAdapter for Ec2Runner {
             .validate()
             .map_err(|(field, message)| ProvisionError::invalid_spec(ctx, field, message))?;
         let _: NoSection = decode_spec(ctx, &payload.backend, "payload.backend")?;
-        if payload.command.first().is_none_or(|p| p.is_empty()) {
-            return Err(ProvisionError::invalid_spec(
-                ctx,
-                "payload.command",
-                "must name a program",
-            ));
-        }
-        Ok(())
+        runner_core::kit::checks::command(ctx, payload)
     }
 
     async fn provision(
@@ -369,83 +246,7 @@ impl RunnerAdapter for Ec2Runner {
         ctx: &RunContext,
         bench: &BenchSpec,
     ) -> Result<RunnerHandle, ProvisionError> {
-        let wanted: BenchBackend = decode_spec(ctx, &bench.backend, "bench.backend")?;
-        wanted
-            .validate()
-            .map_err(|(field, message)| ProvisionError::invalid_spec(ctx, field, message))?;
-        let clients = self.clients().await;
-        let ops = &clients.ops;
-        let config = &self.inner.config;
-
-        // 1. An instance already made for this execution (an earlier attempt,
-        //    or a worker that died mid-provision): adopt one, end the rest.
-        let mine = ops
-            .describe_tagged(&[(tags::EXECUTION_KEY, ctx.execution_key())], LIVE_STATES)
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
-        let mut adopted = None;
-        for instance in mine {
-            if adopted.is_none() && matches!(instance.state.as_str(), "pending" | "running") {
-                adopted = Some(instance);
-            } else {
-                tracing::info!(instance = %instance.id, state = %instance.state, "terminating a second or stopped instance of this execution");
-                ops.terminate(&instance.id)
-                    .await
-                    .map_err(|e| e.into_runner(ctx))?;
-            }
-        }
-        if let Some(instance) = adopted {
-            tracing::info!(instance = %instance.id, "adopting the instance already tagged with this execution key");
-            ops.set_tags(
-                &instance.id,
-                &[
-                    (tags::EXECUTION_ID, ctx.execution_id().to_string()),
-                    (tags::CORRELATION_ID, ctx.correlation_id().to_string()),
-                ],
-            )
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
-            self.ready_or_terminate(ops, ctx, &instance.id).await?;
-            return self.handle(
-                ctx,
-                &instance.id,
-                instance.tag(tags::POOL).map(str::to_string),
-            );
-        }
-
-        // 2. The warm pool.
-        let pool = config.pool.as_ref().filter(|_| wanted.uses_pool());
-        if let Some(pool) = pool {
-            let claimed = {
-                let _claims = self.inner.claim_lock.lock().await;
-                pool::claim(ops, pool, ctx)
-                    .await
-                    .map_err(|e| e.into_runner(ctx))?
-            };
-            if let Some(instance) = claimed {
-                self.ready_or_terminate(ops, ctx, &instance.id).await?;
-                return self.handle(ctx, &instance.id, Some(pool.name.clone()));
-            }
-        }
-
-        // 3. Launch.
-        let mut launch_tags = self.execution_tags(ctx);
-        if let Some(pool) = pool {
-            launch_tags.extend([
-                (tags::POOL.to_string(), pool.name.clone()),
-                (tags::POOL_STATE.to_string(), "busy".to_string()),
-                (tags::USES.to_string(), "0".to_string()),
-                (tags::SINCE.to_string(), now_secs().to_string()),
-            ]);
-        }
-        let token = client_token(&config.owner, ctx.execution_key(), ctx.attempt());
-        let id = ops
-            .launch(&wanted, &token, &launch_tags)
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
-        tracing::info!(instance = %id, "launched");
-        self.ready_or_terminate(ops, ctx, &id).await?;
-        self.handle(ctx, &id, pool.map(|p| p.name.clone()))
+        self.provision_impl(ctx, bench).await
     }
 
     async fn run_test(
@@ -552,201 +353,14 @@ impl RunnerAdapter for Ec2Runner {
         handle: &RunnerHandle,
         payload: &TestPayload,
     ) -> Result<ArtifactBundle, ArtifactError> {
-        let _state: Ec2State = handle.decode_in(ctx, RUNNER_TYPE)?;
-        let clients = self.clients().await;
-        let store = &clients.store;
-        let prefix = self.inner.config.execution_prefix(ctx.execution_id());
-        let mut bundle = store
-            .collect(&format!("{prefix}artifacts/"), |_| ArtifactKind::File)
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
-        let output_key = format!("{prefix}output.log");
-        if let Some(bytes) = store
-            .read_from(&output_key, 0)
-            .await
-            .map_err(|e| e.into_runner(ctx))?
-        {
-            // The instance uploads raw output; secrets are redacted here, in
-            // place, before the log becomes an artifact.
-            let redactor = payload.redactor();
-            let bytes = if redactor.is_empty() {
-                bytes
-            } else {
-                let redacted = redactor.redact_bytes(&bytes);
-                store
-                    .put_bytes(&output_key, redacted.clone())
-                    .await
-                    .map_err(|e| e.into_runner(ctx))?;
-                redacted
-            };
-            let mut name = "logs/output.log".to_string();
-            if bundle.artifacts.iter().any(|a| a.name == name) {
-                name = "logs/ssm-output.log".to_string();
-            }
-            bundle.artifacts.insert(
-                0,
-                runner_core::Artifact {
-                    name,
-                    kind: ArtifactKind::Log,
-                    location: runner_core::ArtifactLocation::Uri(
-                        store.uri(&output_key).to_string(),
-                    ),
-                    size: bytes.len() as u64,
-                    sha256: runner_core::artifact::sha256_bytes(&bytes),
-                },
-            );
-        }
-        Ok(bundle)
+        self.collect_impl(ctx, handle, payload).await
     }
 
     async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
-        let state: Ec2State = handle.decode_in(ctx, RUNNER_TYPE)?;
-        let clients = self.clients().await;
-        let ops = &clients.ops;
-        // The environment file may hold secrets; it goes first: the
-        // handle's execution's (a reaper tears down with its own context)
-        // and the context's (a later attempt on an adopted instance).
-        let mut env_keys = vec![handle.execution_id()];
-        if ctx.execution_id() != handle.execution_id() {
-            env_keys.push(ctx.execution_id());
-        }
-        let mut env_keys: Vec<String> = env_keys
-            .into_iter()
-            .map(|id| format!("{}env.sh", self.inner.config.execution_prefix(id)))
-            .collect();
-        // And every other attempt's of this execution key: an attempt whose
-        // worker died after writing its file never tore down.
-        let key_prefix = attempts_prefix(&self.inner.config.prefix, &state.execution_key);
-        match clients.store.list(&key_prefix).await {
-            Ok(objects) => env_keys.extend(
-                objects
-                    .into_iter()
-                    .map(|o| o.key)
-                    .filter(|k| is_attempt_env_file(&key_prefix, k)),
-            ),
-            Err(e) => {
-                tracing::warn!(prefix = %key_prefix, error = %e, "could not list the execution's environment files");
-            }
-        }
-        env_keys.sort();
-        env_keys.dedup();
-        for env_key in env_keys {
-            let deleted = clients
-                .store
-                .client()
-                .delete_object()
-                .bucket(clients.store.bucket())
-                .key(&env_key)
-                .send()
-                .await;
-            if let Err(e) = deleted {
-                tracing::warn!(key = %env_key, error = %runner_aws::classify("s3:DeleteObject", &e), "could not delete the environment file");
-            }
-        }
-        if state.pool.is_some() {
-            let _claims = self.inner.claim_lock.lock().await;
-            return pool::release(
-                ops,
-                self.inner.config.pool.as_ref(),
-                &state.instance_id,
-                &state.execution_key,
-            )
-            .await
-            .map_err(|e| e.into_runner(ctx));
-        }
-        match ops
-            .describe(&state.instance_id)
-            .await
-            .map_err(|e| e.into_runner(ctx))?
-        {
-            None => Ok(()),
-            Some(instance) if instance.is_terminated() => Ok(()),
-            Some(instance)
-                if instance
-                    .tag(tags::EXECUTION_KEY)
-                    .is_some_and(|k| k != state.execution_key) =>
-            {
-                tracing::warn!(instance = %instance.id, "not terminating: the instance is tagged with another execution");
-                Ok(())
-            }
-            Some(instance) => ops
-                .terminate(&instance.id)
-                .await
-                .map_err(|e| e.into_runner(ctx)),
-        }
+        self.teardown_impl(ctx, handle).await
     }
 
     async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
-        let clients = self.clients().await;
-        let instances = clients
-            .ops
-            .describe_tagged(&[], LIVE_STATES)
-            .await
-            .map_err(|e| e.into_runner(ctx))?;
-        let now = now_secs();
-        let mut owned = Vec::new();
-        for instance in instances {
-            let Some(key) = instance.tag(tags::EXECUTION_KEY) else {
-                continue;
-            };
-            let execution_id = instance.tag(tags::EXECUTION_ID).unwrap_or(key).to_string();
-            let since = instance
-                .tag(tags::SINCE)
-                .and_then(|s| s.parse::<i64>().ok())
-                .or(instance.launched);
-            let handle = RunnerHandle::new(
-                RUNNER_TYPE,
-                &instance.id,
-                &execution_id,
-                &Ec2State {
-                    instance_id: instance.id.clone(),
-                    execution_key: key.to_string(),
-                    pool: instance.tag(tags::POOL).map(str::to_string),
-                },
-            )
-            .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
-            let mut resource = OwnedResource::new(&instance.id, handle)
-                .with_execution_id(execution_id)
-                .with_execution_key(key)
-                .with_worker(instance.tag(tags::WORKER).unwrap_or_default());
-            if let Some(since) = since {
-                resource = resource.with_age_seconds(now.saturating_sub(since).max(0) as u64);
-            }
-            owned.push(resource);
-        }
-        Ok(owned)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_attempts_environment_file_and_no_other_keys() {
-        let attempts = super::attempts_prefix("/runs/", "k");
-        assert_eq!(attempts, "runs/k.");
-        assert!(super::is_attempt_env_file(&attempts, "runs/k.1/env.sh"));
-        assert!(super::is_attempt_env_file(&attempts, "runs/k.12/env.sh"));
-        assert!(!super::is_attempt_env_file(
-            &attempts,
-            "runs/k.other.1/env.sh"
-        ));
-        assert!(!super::is_attempt_env_file(
-            &attempts,
-            "runs/k.1/output.log"
-        ));
-        assert!(!super::is_attempt_env_file(&attempts, "runs/k./env.sh"));
-        assert_eq!(super::attempts_prefix("", "k"), "k.");
-    }
-
-    use super::*;
-
-    #[test]
-    fn client_tokens_fit_and_follow_key_and_attempt() {
-        let a = client_token("o", "k", 1);
-        assert!(a.len() <= 64 && a.is_ascii());
-        assert_eq!(a, client_token("o", "k", 1));
-        assert_ne!(a, client_token("o", "k", 2));
-        assert_ne!(a, client_token("o", "k2", 1));
-        assert_ne!(a, client_token("o2", "k", 1));
+        self.list_owned_impl(ctx).await
     }
 }

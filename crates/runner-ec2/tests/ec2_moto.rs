@@ -249,6 +249,8 @@ async fn secrets_stay_out_of_logs_and_the_environment_file_goes_at_teardown() {
         log.sha256
     );
 
+    // The instance deleted the environment file as soon as it read it;
+    // teardown deletes any copy again (a crashed attempt's).
     let env_key = format!("{}env.sh", env.config.execution_prefix(ctx.execution_id()));
     assert!(
         env.s3
@@ -257,7 +259,8 @@ async fn secrets_stay_out_of_logs_and_the_environment_file_goes_at_teardown() {
             .key(&env_key)
             .send()
             .await
-            .is_ok()
+            .is_err(),
+        "the instance deletes env.sh once it has read it"
     );
     runner.teardown(&ctx, &handle).await.unwrap();
     assert!(

@@ -1,140 +1,18 @@
 //! What moto cannot show: moto's SSM answers "Success" at once and moto
-//! ignores client tokens. Here a static HTTP client (`infallible_client_fn`,
-//! below) scripts SSM and EC2 answers; S3 is moto's.
+//! ignores client tokens. Here the SDK's own static HTTP test client
+//! (`infallible_client_fn`) scripts SSM and EC2 answers; S3 is moto's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use common::scripted::*;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::config::Credentials;
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-    SharedHttpConnector,
-};
-use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::body::SdkBody;
 use runner_core::{ErrorKind, RunContext, RunnerAdapter, RunnerHandle, TestStatus};
 use runner_ec2::{Ec2Runner, Ec2State};
-
-type Log = Arc<Mutex<Vec<(String, String)>>>;
-
-type Answer = dyn Fn(http::Request<SdkBody>) -> http::Response<SdkBody> + Send + Sync;
-
-/// An HTTP client that answers every request with `answer`: the SDK's own
-/// `aws_smithy_http_client::test_util::infallible_client_fn`, in a few
-/// lines. That one needs the `test-util` feature of the SDK's HTTP client,
-/// and a feature only tests turn on makes `cargo run` after `cargo test`
-/// rebuild the whole AWS SDK (~8 minutes on two cores).
-#[derive(Clone)]
-struct InfallibleClientFn(Arc<Answer>);
-
-impl std::fmt::Debug for InfallibleClientFn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InfallibleClientFn")
-    }
-}
-
-impl HttpConnector for InfallibleClientFn {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let response = (self.0)(request.try_into_http1x().unwrap());
-        HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).unwrap()))
-    }
-}
-
-impl HttpClient for InfallibleClientFn {
-    fn http_connector(
-        &self,
-        _: &HttpConnectorSettings,
-        _: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(self.clone())
-    }
-}
-
-fn infallible_client_fn(
-    answer: impl Fn(http::Request<SdkBody>) -> http::Response<SdkBody> + Send + Sync + 'static,
-) -> SharedHttpClient {
-    SharedHttpClient::new(InfallibleClientFn(Arc::new(answer)))
-}
-
-fn target_of(req: &http::Request<SdkBody>) -> String {
-    req.headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .trim_start_matches("AmazonSSM.")
-        .to_string()
-}
-
-fn body_of(req: &http::Request<SdkBody>) -> String {
-    String::from_utf8_lossy(req.body().bytes().unwrap_or_default()).to_string()
-}
-
-fn json(status: u16, body: serde_json::Value) -> http::Response<SdkBody> {
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(SdkBody::from(body.to_string()))
-        .unwrap()
-}
-
-/// An SSM double: `GetCommandInvocation` answers from `script` in order
-/// (the last answer repeats); after a `CancelCommand` it answers Cancelled.
-fn scripted_ssm(script: Vec<serde_json::Value>, log: Log) -> aws_sdk_ssm::Client {
-    let script = Arc::new(Mutex::new(VecDeque::from(script)));
-    let cancelled = Arc::new(Mutex::new(false));
-    let http = infallible_client_fn(move |req| {
-        let op = target_of(&req);
-        log.lock().unwrap().push((op.clone(), body_of(&req)));
-        match op.as_str() {
-            "ListCommands" => json(200, serde_json::json!({"Commands": []})),
-            "SendCommand" => json(
-                200,
-                serde_json::json!({"Command": {"CommandId": "cmd-1", "Status": "Pending"}}),
-            ),
-            "CancelCommand" => {
-                *cancelled.lock().unwrap() = true;
-                json(200, serde_json::json!({}))
-            }
-            "GetCommandInvocation" => {
-                if *cancelled.lock().unwrap() {
-                    return json(
-                        200,
-                        serde_json::json!({"CommandId": "cmd-1", "Status": "Cancelled", "StatusDetails": "Cancelled", "ResponseCode": -1}),
-                    );
-                }
-                let mut script = script.lock().unwrap();
-                let answer = if script.len() > 1 {
-                    script.pop_front().unwrap()
-                } else {
-                    script[0].clone()
-                };
-                if answer.get("__type").is_some() {
-                    json(400, answer)
-                } else {
-                    json(200, answer)
-                }
-            }
-            other => json(
-                400,
-                serde_json::json!({"__type": "UnsupportedOperation", "message": other}),
-            ),
-        }
-    });
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("a", "b", None, None, "replay"))
-        .http_client(http)
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
-}
 
 fn status(status: &str, details: &str, code: i32) -> serde_json::Value {
     serde_json::json!({"CommandId": "cmd-1", "InstanceId": "i-replay", "Status": status, "StatusDetails": details, "ResponseCode": code})
@@ -379,97 +257,6 @@ async fn cancellation_sends_cancel_command() {
 
 // ---- EC2: client tokens and error kinds ----------------------------------
 
-const NS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
-
-fn xml(status: u16, body: String) -> http::Response<SdkBody> {
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "text/xml")
-        .body(SdkBody::from(body))
-        .unwrap()
-}
-
-fn ec2_error(status: u16, code: &str) -> http::Response<SdkBody> {
-    xml(
-        status,
-        format!(
-            "<Response><Errors><Error><Code>{code}</Code><Message>scripted {code}</Message></Error></Errors><RequestID>req</RequestID></Response>"
-        ),
-    )
-}
-
-fn form_value(body: &str, key: &str) -> Option<String> {
-    body.split('&')
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
-}
-
-/// An EC2 double: DescribeInstances knows nothing until a launch, then a
-/// running instance; RunInstances answers from `launches` in order.
-fn scripted_ec2(
-    launches: Vec<http::Response<SdkBody>>,
-    retries: bool,
-    log: Log,
-) -> aws_sdk_ec2::Client {
-    let launches = Arc::new(Mutex::new(VecDeque::from(launches)));
-    let launched = Arc::new(Mutex::new(false));
-    let http = infallible_client_fn(move |req| {
-        let body = body_of(&req);
-        let action = form_value(&body, "Action").unwrap_or_default();
-        log.lock().unwrap().push((action.clone(), body.clone()));
-        match action.as_str() {
-            "DescribeInstances" => {
-                let set = if *launched.lock().unwrap() {
-                    "<item><reservationId>r-1</reservationId><instancesSet><item><instanceId>i-0abc</instanceId><instanceState><code>16</code><name>running</name></instanceState></item></instancesSet></item>"
-                } else {
-                    ""
-                };
-                xml(
-                    200,
-                    format!(
-                        "<DescribeInstancesResponse xmlns=\"{NS}\"><requestId>r</requestId><reservationSet>{set}</reservationSet></DescribeInstancesResponse>"
-                    ),
-                )
-            }
-            "RunInstances" => {
-                let answer = launches
-                    .lock()
-                    .unwrap()
-                    .pop_front()
-                    .unwrap_or_else(|| ec2_error(500, "InternalError"));
-                if answer.status() == 200 {
-                    *launched.lock().unwrap() = true;
-                }
-                answer
-            }
-            _ => ec2_error(400, "UnsupportedOperation"),
-        }
-    });
-    let mut config = aws_sdk_ec2::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("a", "b", None, None, "replay"))
-        .http_client(http);
-    if !retries {
-        config = config.retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
-    } else {
-        config = config.retry_config(
-            aws_sdk_ec2::config::retry::RetryConfig::standard()
-                .with_max_attempts(3)
-                .with_initial_backoff(Duration::from_millis(10)),
-        );
-    }
-    aws_sdk_ec2::Client::from_conf(config.build())
-}
-
-fn launched() -> http::Response<SdkBody> {
-    xml(
-        200,
-        format!(
-            "<RunInstancesResponse xmlns=\"{NS}\"><requestId>r</requestId><reservationId>r-1</reservationId><ownerId>1</ownerId><instancesSet><item><instanceId>i-0abc</instanceId><instanceState><code>0</code><name>pending</name></instanceState></item></instancesSet></RunInstancesResponse>"
-        ),
-    )
-}
-
 async fn ec2_runner(name: &str, ec2: aws_sdk_ec2::Client) -> (Ec2Runner, common::Env) {
     let env = common::env(name).await;
     let mut config = env.config.clone();
@@ -537,4 +324,106 @@ async fn an_auth_error_is_permanent_and_a_capacity_error_retryable() {
         assert!(err.message().contains(code), "{code}: {err}");
         assert_eq!(err.execution_id(), "kinds.1");
     }
+}
+
+// ---- Recovery: failing describes, in-place retries, a dead attempt's command
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_rides_out_a_transient_describe_error() {
+    let log: Log = Arc::default();
+    let ec2 = scripted_ec2_with(
+        vec![launched()],
+        vec![
+            Describe::Error(503, "Unavailable"),
+            Describe::State("running"),
+        ],
+        false,
+        log.clone(),
+    );
+    let (runner, _env) = ec2_runner("describe-503", ec2).await;
+    let ctx = common::ctx("describe-503");
+    let handle = runner
+        .provision(&ctx, &common::bench())
+        .await
+        .expect("one failed DescribeInstances is one more poll");
+    assert_eq!(handle.handle_id(), "i-0abc");
+    let log = log.lock().unwrap().clone();
+    assert!(
+        !log.iter().any(|(op, _)| op == "TerminateInstances"),
+        "the new instance was terminated: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_place_retry_launches_with_a_fresh_client_token() {
+    let log: Log = Arc::default();
+    let ec2 = scripted_ec2_with(
+        vec![launched(), launched()],
+        vec![
+            // The first launch dies while starting; the retry's adoption
+            // lookup sees it terminated; the second launch runs.
+            Describe::State("shutting-down"),
+            Describe::State("terminated"),
+            Describe::State("running"),
+        ],
+        false,
+        log.clone(),
+    );
+    let (runner, _env) = ec2_runner("fresh-token", ec2).await;
+    let ctx = common::ctx("fresh-token");
+    let first = runner.provision(&ctx, &common::bench()).await.unwrap_err();
+    assert!(first.is_retryable(), "{first}");
+    runner.provision(&ctx, &common::bench()).await.unwrap();
+    let tokens: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, _)| op == "RunInstances")
+        .map(|(_, body)| form_value(body, "ClientToken").unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    assert_ne!(
+        tokens[0], tokens[1],
+        "the retry reused the token of the instance just terminated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_instance_has_the_dead_attempts_command_cancelled_first() {
+    let env = common::env("dead-command").await;
+    let log: Log = Arc::default();
+    let commands = serde_json::json!([
+        {"CommandId": "cmd-dead", "Comment": "dead-command.1", "Status": "InProgress"},
+        {"CommandId": "cmd-other", "Comment": "another-key.1", "Status": "InProgress"},
+    ]);
+    let ssm = scripted_ssm_listing(commands, vec![status("Success", "Success", 0)], log.clone());
+    let runner =
+        Ec2Runner::with_clients(env.config.clone(), env.ec2.clone(), ssm, env.s3.clone()).unwrap();
+    let r = Replay { runner, env, log };
+    let ctx = RunContext::new("dead-command.2", "corr-dead")
+        .with_execution_key("dead-command")
+        .with_attempt(2);
+    put_result(&r, &ctx, r#"{"exit_code": 0}"#).await;
+    let result = r
+        .runner
+        .run_test(&ctx, &handle(&ctx), &common::sh("true"))
+        .await
+        .unwrap();
+    assert_eq!(result.status, TestStatus::Passed);
+    let log = r.log.lock().unwrap().clone();
+    let ops: Vec<&str> = log.iter().map(|(op, _)| op.as_str()).collect();
+    let cancel = log
+        .iter()
+        .position(|(op, body)| op == "CancelCommand" && body.contains("cmd-dead"))
+        .unwrap_or_else(|| panic!("the dead attempt's command was not cancelled: {ops:?}"));
+    let send = ops.iter().position(|op| *op == "SendCommand").unwrap();
+    assert!(
+        cancel < send,
+        "cancelled after the new command was sent: {ops:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|(op, body)| op == "CancelCommand" && body.contains("cmd-other")),
+        "another execution's command was cancelled"
+    );
 }

@@ -34,14 +34,18 @@ impl K8sError {
             kube::Error::Api(status) => {
                 let code = status.code;
                 let kind = match code {
-                    408 | 429 | 500..=599 => ErrorKind::Transient,
                     // 410 Gone: a watch's resource version expired; re-list.
                     410 => ErrorKind::Transient,
                     422 => ErrorKind::InvalidSpec,
-                    _ => ErrorKind::Permanent,
+                    // A bare 403 is RBAC, or admission refusing a quota
+                    // ("exceeded quota"): the message tells them apart.
+                    403 => runner_core::kit::classify::message(&status.message)
+                        .unwrap_or(ErrorKind::Permanent),
+                    _ => runner_core::kit::classify::http_status(code),
                 };
                 let hint = match code {
                     401 => " (the credentials were refused: check the kubeconfig's user)",
+                    403 if kind != ErrorKind::Permanent => "",
                     403 => " (RBAC: the runner's Role lacks this verb; see docs/adapters/eks.md)",
                     _ => "",
                 };
@@ -96,7 +100,16 @@ impl K8sError {
 
     /// As the phase's error, with the context's ids.
     pub fn into_runner<P: PhaseMarker>(self, ctx: &RunContext) -> RunnerError<P> {
-        RunnerError::new(self.kind, ctx, self.message).with_backend(crate::RUNNER_TYPE)
+        runner_core::kit::classify::into_runner(self, ctx)
+    }
+}
+
+impl runner_core::kit::BackendError for K8sError {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    fn backend(&self) -> Option<&str> {
+        Some(crate::RUNNER_TYPE)
     }
 }
 
@@ -141,4 +154,49 @@ fn with_causes(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "code": code, "reason": reason, "message": message
+        }))
+        .unwrap();
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn a_403_is_read_by_its_message() {
+        let rbac = K8sError::classify(
+            "create job x",
+            &api_error(
+                403,
+                "Forbidden",
+                "jobs.batch is forbidden: User \"w\" cannot create resource \"jobs\"",
+            ),
+        );
+        assert_eq!(rbac.kind, ErrorKind::Permanent);
+        assert!(rbac.message.contains("RBAC"));
+        let quota = K8sError::classify(
+            "create job x",
+            &api_error(
+                403,
+                "Forbidden",
+                "pods \"x\" is forbidden: exceeded quota: team-a, requested: cpu=2, used: cpu=8, limited: cpu=8",
+            ),
+        );
+        assert_eq!(quota.kind, ErrorKind::Capacity);
+        let limited = K8sError::classify(
+            "get pod",
+            &api_error(403, "Forbidden", "rate limit exceeded, retry later"),
+        );
+        assert_eq!(limited.kind, ErrorKind::Transient);
+        assert_eq!(
+            K8sError::classify("get pod", &api_error(503, "ServiceUnavailable", "")).kind,
+            ErrorKind::Transient
+        );
+    }
 }

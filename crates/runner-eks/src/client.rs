@@ -113,7 +113,7 @@ impl EksRunner {
         self.inner
             .store
             .get_or_init(|| async move {
-                let a = artifacts?;
+                let a = artifacts.filter(|a| a.volume.is_none())?;
                 let sdk = runner_aws::load_sdk_config(a.region.as_deref()).await;
                 Some(ArtifactStore::new(
                     runner_aws::s3_client(&sdk, a.force_path_style),

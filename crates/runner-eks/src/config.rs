@@ -70,8 +70,15 @@ pub struct EksConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactsConfig {
-    /// The bucket.
+    /// The bucket (S3); empty with `volume`.
+    #[serde(default)]
     pub bucket: String,
+    /// A shared volume instead of S3: a PersistentVolumeClaim (an EFS-backed
+    /// one, typically) mounted at `/artifacts` in the pod, with each
+    /// execution in its own sub-directory, read back by the worker from
+    /// the same filesystem mounted at `worker_path`.
+    #[serde(default)]
+    pub volume: Option<ArtifactsVolume>,
     /// Key prefix; each execution gets `{prefix}/{execution_id}/`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -90,6 +97,16 @@ pub struct ArtifactsConfig {
     /// it before collecting.
     #[serde(default = "default_upload_timeout")]
     pub upload_timeout_seconds: u64,
+}
+
+/// The `artifacts.volume` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsVolume {
+    /// The PersistentVolumeClaim (in the runner's namespace).
+    pub claim_name: String,
+    /// Where the worker sees the same filesystem (absolute).
+    pub worker_path: PathBuf,
 }
 
 /// Container resources as Kubernetes quantities (`500m`, `1Gi`).
@@ -225,7 +242,29 @@ impl EksConfig {
         }
         check_resources(&self.resources).map_err(|(k, m)| (format!("backend.resources.{k}"), m))?;
         if let Some(artifacts) = &self.artifacts {
-            if artifacts.bucket.trim().is_empty() {
+            if let Some(volume) = &artifacts.volume {
+                if !artifacts.bucket.is_empty() || artifacts.uploader_image.is_some() {
+                    return bad(
+                        "artifacts.volume",
+                        "goes without `bucket` and `uploader_image`: artifacts go through S3 or a volume".into(),
+                    );
+                }
+                if !is_dns_subdomain(&volume.claim_name) {
+                    return bad(
+                        "artifacts.volume.claim_name",
+                        format!(
+                            "{:?} is not a PersistentVolumeClaim name",
+                            volume.claim_name
+                        ),
+                    );
+                }
+                if !volume.worker_path.is_absolute() {
+                    return bad(
+                        "artifacts.volume.worker_path",
+                        "must be an absolute path on the worker".into(),
+                    );
+                }
+            } else if artifacts.bucket.trim().is_empty() {
                 return bad("artifacts.bucket", "must not be empty".into());
             }
             if artifacts.upload_timeout_seconds == 0 || artifacts.upload_timeout_seconds > 3600 {
@@ -244,16 +283,30 @@ impl EksConfig {
         Ok(())
     }
 
-    /// The S3 prefix of one execution (ends with `/`).
+    /// The S3 prefix of one execution (ends with `/`); `None` without S3.
     pub fn execution_prefix(&self, execution_id: &str) -> Option<String> {
-        self.artifacts.as_ref().map(|a| {
-            let prefix = a.prefix.trim_matches('/');
-            if prefix.is_empty() {
-                format!("{execution_id}/")
-            } else {
-                format!("{prefix}/{execution_id}/")
-            }
-        })
+        self.artifacts
+            .as_ref()
+            .filter(|a| a.volume.is_none())
+            .map(|a| execution_dir(&a.prefix, execution_id))
+    }
+
+    /// The volume and one execution's sub-directory on it (ends with `/`);
+    /// `None` without `artifacts.volume`.
+    pub fn volume_dir(&self, execution_id: &str) -> Option<(&ArtifactsVolume, String)> {
+        let artifacts = self.artifacts.as_ref()?;
+        let volume = artifacts.volume.as_ref()?;
+        Some((volume, execution_dir(&artifacts.prefix, execution_id)))
+    }
+}
+
+/// `{prefix}/{execution_id}/`, or `{execution_id}/` without a prefix.
+fn execution_dir(prefix: &str, execution_id: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        format!("{execution_id}/")
+    } else {
+        format!("{prefix}/{execution_id}/")
     }
 }
 

@@ -117,6 +117,9 @@ pub struct JobSpec<'a> {
     pub secret: Option<&'a str>,
     /// `s3://bucket/prefix/` for artifacts, when configured.
     pub artifacts_uri: Option<&'a str>,
+    /// With `artifacts.volume`: the claim and the execution's sub-directory
+    /// on it, mounted at `/artifacts`.
+    pub artifacts_volume: Option<(&'a str, &'a str)>,
 }
 
 fn resources_json(r: &Resources) -> Value {
@@ -174,6 +177,12 @@ pub fn job_manifest(spec: &JobSpec<'_>) -> Result<Job, serde_json::Error> {
         "securityContext": container_security,
         "volumeMounts": [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}],
     });
+    let mut artifacts_volume = json!({"name": "artifacts", "emptyDir": {}});
+    if let Some((claim, sub_path)) = spec.artifacts_volume {
+        test["volumeMounts"][0]["subPath"] = json!(sub_path.trim_end_matches('/'));
+        artifacts_volume =
+            json!({"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}});
+    }
     if let Some(dir) = &payload.working_dir {
         test["workingDir"] = json!(dir);
     }
@@ -215,7 +224,7 @@ pub fn job_manifest(spec: &JobSpec<'_>) -> Result<Job, serde_json::Error> {
         },
         "containers": [test],
         "initContainers": init_containers,
-        "volumes": [{"name": "artifacts", "emptyDir": {}}],
+        "volumes": [artifacts_volume],
         "nodeSelector": node_selector,
         "tolerations": config.tolerations,
         "imagePullSecrets": config.image_pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
@@ -338,6 +347,7 @@ mod tests {
             deadline_seconds: Some(30),
             secret: Some("orch-x-env"),
             artifacts_uri: Some("s3://b/orchestrator/e1/artifacts/"),
+            artifacts_volume: None,
         };
         let job = serde_json::to_value(job_manifest(&spec).unwrap()).unwrap();
         let text = job.to_string();

@@ -8,6 +8,7 @@ pub mod logs;
 mod register;
 mod run;
 pub mod status;
+mod volume;
 mod watch;
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use kube::api::ListParams;
 use runner_aws::ArtifactStore;
 use runner_core::{
-    Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ExecutionError,
+    ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ExecutionError,
     OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
     TestPayload, TestResult, TestStatus, async_trait, decode_spec,
 };
@@ -27,7 +28,9 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 pub use api::K8sError;
-pub use config::{ArtifactsConfig, BenchBackend, EksConfig, PayloadBackend, Resources};
+pub use config::{
+    ArtifactsConfig, ArtifactsVolume, BenchBackend, EksConfig, PayloadBackend, Resources,
+};
 pub use register::register;
 use run::{LogOut, check_payload, open_log};
 use status::Ended;
@@ -226,10 +229,20 @@ impl RunnerAdapter for EksRunner {
         &self,
         ctx: &RunContext,
         handle: &RunnerHandle,
-        _payload: &TestPayload,
+        payload: &TestPayload,
     ) -> Result<ArtifactBundle, ArtifactError> {
         let _state: EksState = handle.decode_in(ctx, RUNNER_TYPE)?;
         let mut bundle = ArtifactBundle::default();
+        if let Some((volume, dir)) = self.inner.config.volume_dir(ctx.execution_id()) {
+            let to =
+                runner_core::safe_path::safe_join(&self.inner.artifacts_dir, ctx.execution_id())
+                    .map_err(|e| ArtifactError::permanent(ctx, e.to_string()))?
+                    .join("artifacts");
+            bundle.artifacts =
+                volume::collect(volume.worker_path.join(dir), to, payload.redactor())
+                    .await
+                    .map_err(|e| ArtifactError::permanent(ctx, e).with_backend(RUNNER_TYPE))?;
+        }
         if let Some(store) = self.store().await
             && let Some(prefix) = self.inner.config.execution_prefix(ctx.execution_id())
         {
@@ -246,8 +259,9 @@ impl RunnerAdapter for EksRunner {
             if bundle.artifacts.iter().any(|a| a.name == name) {
                 name = "logs/pod-output.log".into();
             }
-            let artifact =
-                Artifact::from_local_file(name, ArtifactKind::Log, &log_path).map_err(|e| {
+            let artifact = runner_core::kit::describe_file(name, ArtifactKind::Log, &log_path)
+                .await
+                .map_err(|e| {
                     ArtifactError::transient(
                         ctx,
                         format!("reading the log {}: {e}", log_path.display()),

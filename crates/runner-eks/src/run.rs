@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures::{AsyncBufReadExt, StreamExt};
+use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use runner_core::kit::LineAssembler;
 use runner_core::{
     ErrorKind, ExecutionError, LogStream, PhaseMarker, Redactor, RunContext, RunnerError,
     TestPayload, TestResult, TestStatus, decode_spec,
@@ -221,6 +222,7 @@ impl EksRunner {
             .execution_prefix(ctx.execution_id())
             .zip(config.artifacts.as_ref())
             .map(|(prefix, a)| format!("s3://{}/{prefix}artifacts/", a.bucket));
+        let volume = config.volume_dir(ctx.execution_id());
         let secret = job::secret_manifest(config, &ids, &state.job, payload);
         let secret_name = job::secret_name(&state.job);
         if let Some(secret) = &secret {
@@ -256,6 +258,9 @@ impl EksRunner {
             deadline_seconds: timeout.map(|t| t.as_secs_f64().ceil() as i64),
             secret: secret.as_ref().map(|_| secret_name.as_str()),
             artifacts_uri: store_uri.as_deref(),
+            artifacts_volume: volume
+                .as_ref()
+                .map(|(v, dir)| (v.claim_name.as_str(), dir.as_str())),
         })
         .map_err(|e| ExecutionError::permanent(ctx, format!("building the Job manifest: {e}")))?;
         let uid = self.create_job(ctx, &jobs, &manifest, &state.job).await?;
@@ -323,7 +328,8 @@ impl EksRunner {
             }
             RunEnd::Evicted(m) => Err(ExecutionError::transient(ctx, m).with_backend(RUNNER_TYPE)),
             RunEnd::PullFailed(m) => {
-                Err(ExecutionError::permanent(ctx, m).with_backend(RUNNER_TYPE))
+                Err(ExecutionError::new(status::pull_failure_kind(&m), ctx, m)
+                    .with_backend(RUNNER_TYPE))
             }
             RunEnd::Gone(m) => Err(ExecutionError::transient(ctx, m).with_backend(RUNNER_TYPE)),
         }
@@ -416,13 +422,13 @@ pub(crate) struct LogOut {
 }
 
 impl LogOut {
+    /// One line, already cut and redacted by the kit's assembler.
     async fn emit(&mut self, text: &str) {
         self.lines += 1;
         self.sink.send(LogStream::Stdout, text).await;
         if let Some(file) = &mut self.file {
-            let line = self.redactor.redact(text);
             let written = async {
-                file.write_all(line.as_bytes()).await?;
+                file.write_all(text.as_bytes()).await?;
                 file.write_all(b"\n").await
             }
             .await;
@@ -465,15 +471,33 @@ pub(crate) async fn read_log(
         .body(Vec::new())
         .map_err(kube::Error::HttpError)?;
     let stream = client.request_stream(request).await?;
-    let mut lines = std::pin::pin!(stream.lines());
-    while let Some(line) = lines.next().await {
-        let line = line.map_err(kube::Error::ReadEvents)?;
-        let parsed = logs::parse_line(&line);
-        if resume.offer(parsed.at) {
-            out.emit(parsed.text).await;
+    let mut stream = std::pin::pin!(stream);
+    // The kit's assembler bounds each line (a test printing megabytes
+    // without a newline costs one maximum line), folds progress redraws and
+    // redacts; the timestamps the kubelet puts first are read after it.
+    let mut assembler = LineAssembler::new(out.redactor.clone());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut lines: Vec<String> = Vec::new();
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(kube::Error::ReadEvents)?;
+        if n == 0 {
+            assembler.finish(&mut |l| lines.push(l.to_owned()));
+        } else {
+            assembler.push(&buf[..n], &mut |l| lines.push(l.to_owned()));
+        }
+        for line in lines.drain(..) {
+            let parsed = logs::parse_line(&line);
+            if resume.offer(parsed.at) {
+                out.emit(parsed.text).await;
+            }
+        }
+        if n == 0 {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 pub(crate) fn url_query(pairs: &[(&str, &str)]) -> String {
@@ -501,13 +525,7 @@ pub(crate) fn check_payload<P: PhaseMarker>(
     ctx: &RunContext,
     payload: &TestPayload,
 ) -> Result<(), RunnerError<P>> {
-    if payload.command.is_empty() || payload.command[0].is_empty() {
-        return Err(RunnerError::invalid_spec(
-            ctx,
-            "payload.command",
-            "must name a program",
-        ));
-    }
+    runner_core::kit::checks::command(ctx, payload)?;
     if payload.package.is_some() {
         return Err(RunnerError::invalid_spec(
             ctx,
@@ -524,18 +542,7 @@ pub(crate) fn check_payload<P: PhaseMarker>(
             format!("{dir:?} must be an absolute path inside the image"),
         ));
     }
-    for name in payload.env.keys() {
-        let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(RunnerError::invalid_spec(
-                ctx,
-                format!("payload.env.{name}"),
-                "must be a variable name ([A-Za-z_][A-Za-z0-9_]*)",
-            ));
-        }
-    }
-    Ok(())
+    runner_core::kit::checks::env_names(ctx, payload)
 }
 
 pub(crate) fn open_log(path: &Path) -> std::io::Result<std::fs::File> {

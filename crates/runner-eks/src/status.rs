@@ -14,7 +14,8 @@ pub enum PodState {
     Starting(Option<String>),
     /// The test container runs.
     Running,
-    /// The image cannot be pulled: permanent.
+    /// The image cannot be pulled: permanent, unless the registry's message
+    /// says rate limit or server error ([`pull_failure_kind`]).
     PullFailed(String),
     /// The pod was evicted (node pressure, preemption): transient.
     Evicted(String),
@@ -38,6 +39,13 @@ impl Ended {
     pub fn oom_killed(&self) -> bool {
         self.reason.as_deref() == Some("OOMKilled")
     }
+}
+
+/// How to treat an image that cannot be pulled, from the kubelet's message:
+/// a registry's 429 or 5xx passes (transient), a quota is capacity, a
+/// missing image or a refused pull secret is permanent.
+pub fn pull_failure_kind(message: &str) -> runner_core::ErrorKind {
+    runner_core::kit::classify::message(message).unwrap_or(runner_core::ErrorKind::Permanent)
 }
 
 fn test_container<'a>(statuses: &'a [ContainerStatus], name: &str) -> Option<&'a ContainerStatus> {
@@ -134,6 +142,31 @@ mod tests {
 
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn pull_failures_are_classified_by_their_message() {
+        use runner_core::ErrorKind;
+        assert_eq!(
+            pull_failure_kind(
+                "image x:1 cannot be pulled: ImagePullBackOff: Back-off pulling image \"x:1\": ErrImagePull: failed to pull and unpack image: unexpected status from HEAD request: 429 Too Many Requests"
+            ),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            pull_failure_kind(
+                "ImagePullBackOff: ... failed to resolve reference: 503 Service Unavailable"
+            ),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            pull_failure_kind("ImagePullBackOff: ... x:1: not found"),
+            ErrorKind::Permanent
+        );
+        assert_eq!(
+            pull_failure_kind("InvalidImageName: couldn't parse image reference"),
+            ErrorKind::Permanent
+        );
     }
 
     #[test]

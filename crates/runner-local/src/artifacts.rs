@@ -1,7 +1,5 @@
 //! Collecting files by glob into the artifacts directory, safely.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -99,46 +97,12 @@ pub(crate) fn collect(
                 continue;
             }
         };
-        copy_redacted(entry.path(), &target, redactor)?;
-        artifacts.push(Artifact::from_local_file(
-            &name,
-            ArtifactKind::File,
-            &target,
-        )?);
+        // Hashed as it is copied: one read of the file, not two.
+        let written = runner_core::kit::copy_file_redacted(entry.path(), &target, redactor)?;
+        artifacts.push(written.artifact(&name, ArtifactKind::File));
         taken.push(name);
     }
     Ok((artifacts, refused))
-}
-
-/// Copy `from` to `to`, replacing every secret value with `***`, streaming.
-pub(crate) fn copy_redacted(from: &Path, to: &Path, redactor: &Redactor) -> std::io::Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    if redactor.is_empty() {
-        std::fs::copy(from, to)?;
-        return Ok(());
-    }
-    let mut input = File::open(from)?;
-    let mut output = BufWriter::new(File::create(to)?);
-    let mut window: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    // Keep a tail as long as the longest secret, so a secret split across two
-    // reads is still found.
-    let keep = redactor.longest().saturating_sub(1);
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        window.extend_from_slice(&buf[..n]);
-        let replaced = redactor.redact_bytes(&window);
-        let cut = replaced.len().saturating_sub(keep);
-        output.write_all(&replaced[..cut])?;
-        window = replaced[cut..].to_vec();
-    }
-    output.write_all(&window)?;
-    output.flush()
 }
 
 /// The destination directory of one execution's artifacts.
@@ -167,7 +131,7 @@ mod tests {
         let mut data = vec![b'a'; 64 * 1024 - 3];
         data.extend_from_slice(b"TOPSECRET tail");
         std::fs::write(&from, &data).unwrap();
-        copy_redacted(&from, &to, &Redactor::new(["TOPSECRET"])).unwrap();
+        runner_core::kit::copy_file_redacted(&from, &to, &Redactor::new(["TOPSECRET"])).unwrap();
         let out = std::fs::read(&to).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("TOPSECRET"));

@@ -3,7 +3,8 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 
-use runner_core::{LogBatch, LogSink, LogStream, Redactor};
+use runner_core::kit::{LineAssembler, LogFollower};
+use runner_core::{LogSink, LogStream, Redactor};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -31,112 +32,51 @@ impl CappedLog {
     }
 }
 
-/// What a pump saw.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PumpStats {
-    pub bytes: u64,
-    pub lines: u64,
-}
+/// What a pump saw: the kit's line statistics.
+pub(crate) type PumpStats = runner_core::kit::LineStats;
 
-/// Where each line goes: the log file and, in batches, the sink.
-struct Emitter<'a> {
-    log: CappedLog,
-    batch: LogBatch,
-    sink: &'a LogSink,
-    redactor: &'a Redactor,
-    stream: LogStream,
-}
-
-impl Emitter<'_> {
-    fn line(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        // Overlong lines become several lines of at most MAX_LINE_BYTES.
-        for piece in bytes.chunks(LogSink::MAX_LINE_BYTES) {
-            // Valid UTF-8 (nearly all output) is borrowed as is; only
-            // invalid bytes pay for the lossy copy.
-            let text = match std::str::from_utf8(piece) {
-                Ok(text) => std::borrow::Cow::Borrowed(text),
-                Err(_) => String::from_utf8_lossy(piece),
-            };
-            let text = self.redactor.redact(&text);
-            let text = text.trim_end_matches('\r');
-            self.log.write_line(text)?;
-            self.sink.push(&mut self.batch, self.stream, text);
-            if self.batch.is_full() {
-                self.sink.blocking_send_batch(&mut self.batch);
-            }
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) {
-        self.sink.blocking_send_batch(&mut self.batch);
-    }
-}
-
-/// Read `reader` to its end, splitting lines (cut at [`LogSink::MAX_LINE_BYTES`]),
-/// redacting them, appending them to `log_file` and sending them to `sink`.
+/// Read `reader` to its end through the kit's [`LogFollower`] (lines cut at
+/// [`LogSink::MAX_LINE_BYTES`] and marked, progress redraws folded, invalid
+/// UTF-8 replaced, secrets redacted), appending the lines to `log_file` and
+/// sending them to `sink`.
 ///
 /// Memory stays bounded by one read chunk, one line and one batch whatever
 /// the output size; a slow sink slows the reader, and through the pipe the test.
 pub(crate) fn pump(
-    mut reader: impl Read,
+    reader: impl Read,
     stream: LogStream,
     sink: &LogSink,
     redactor: &Redactor,
     log_file: File,
     log_limit: u64,
 ) -> std::io::Result<PumpStats> {
-    let mut out = Emitter {
-        log: CappedLog {
-            out: BufWriter::with_capacity(CHUNK, log_file),
-            written: 0,
-            limit: log_limit,
-            capped: false,
-        },
-        batch: LogBatch::default(),
-        sink,
-        redactor,
-        stream,
+    let mut log = CappedLog {
+        out: BufWriter::with_capacity(CHUNK, log_file),
+        written: 0,
+        limit: log_limit,
+        capped: false,
     };
-    let mut stats = PumpStats::default();
-    let mut buf = vec![0u8; CHUNK];
-    let mut partial: Vec<u8> = Vec::with_capacity(1024);
-    let max = LogSink::MAX_LINE_BYTES;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        stats.bytes += n as u64;
-        let mut rest = &buf[..n];
-        while let Some(pos) = memchr::memchr(b'\n', rest) {
-            stats.lines += 1;
-            if partial.is_empty() {
-                out.line(&rest[..pos])?;
-            } else {
-                partial.extend_from_slice(&rest[..pos]);
-                out.line(&partial)?;
-                partial.clear();
-            }
-            rest = &rest[pos + 1..];
+    let mut follower =
+        LogFollower::with_assembler(sink.clone(), stream, LineAssembler::new(redactor.clone()));
+    let mut failed: Option<std::io::Error> = None;
+    let mut to_file = |line: &str| {
+        if failed.is_none()
+            && let Err(e) = log.write_line(line)
+        {
+            failed = Some(e);
         }
-        partial.extend_from_slice(rest);
-        while partial.len() >= max {
-            out.line(&partial[..max])?;
-            partial.drain(..max);
-        }
-        // What one read produced goes out now, so live output stays live.
-        out.flush();
+    };
+    // What one read produced goes out now, so live output stays live.
+    runner_core::kit::read_chunks(reader, &mut |chunk| {
+        follower.blocking_feed_with(chunk, &mut to_file);
+        Ok(())
+    })?;
+    follower.blocking_finish_with(&mut to_file);
+    if let Some(e) = failed {
+        return Err(e);
     }
-    if !partial.is_empty() {
-        stats.lines += 1;
-        out.line(&partial)?;
-    }
-    out.flush();
-    out.log.out.flush()?;
-    Ok(stats)
+    log.out.flush()?;
+    Ok(follower.stats())
 }
 
 #[cfg(test)]
@@ -163,8 +103,8 @@ mod tests {
         assert_eq!(lines[0], "a");
         assert_eq!(lines[1], "token=***");
         assert_eq!(lines[2].len(), LogSink::MAX_LINE_BYTES);
-        assert_eq!(lines[3], "x".repeat(10));
-        assert_eq!(lines[4], "last");
+        assert!(lines[2].ends_with(runner_core::kit::lines::CUT_MARK));
+        assert_eq!(lines[3], "last");
         assert_eq!(stats.bytes, input.len() as u64);
         let file = std::fs::read_to_string(&path).unwrap();
         assert!(!file.contains("s3cret"));

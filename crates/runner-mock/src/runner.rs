@@ -6,12 +6,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use runner_core::artifact::sha256_bytes;
+use runner_core::kit::{ArtifactWriter, LineAssembler, LogFollower};
 use runner_core::safe_path::safe_join;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
     Capabilities, ConfigError, ExecutionError, LogStream, OwnedResource, Phase, ProvisionError,
-    RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError, TestCounts, TestPayload,
-    TestResult, TestStatus, decode_spec,
+    Redactor, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError, TestCounts,
+    TestPayload, TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -390,12 +391,23 @@ impl RunnerAdapter for LocalMockRunner {
             payload,
             spec.log_lines.unwrap_or(self.config.log_lines),
         );
+        // The generated output goes through the kit's follower like any
+        // backend's: cut, redacted, and kept as it was sent.
         let mut log = Vec::new();
-        for line in &lines {
-            ctx.logs().send(LogStream::Stdout, line).await;
+        let mut follower = LogFollower::with_assembler(
+            ctx.logs().clone(),
+            LogStream::Stdout,
+            LineAssembler::new(payload.redactor()),
+        );
+        let mut keep = |line: &str| {
             log.extend_from_slice(line.as_bytes());
             log.push(b'\n');
+        };
+        for line in &lines {
+            follower.feed_with(line.as_bytes(), &mut keep).await;
+            follower.feed_with(b"\n", &mut keep).await;
         }
+        follower.finish_with(&mut keep).await;
         let duration = Duration::from_millis(spec.duration_ms);
         if spec.duration_ms > 0 {
             let cancelled = tokio::select! {
@@ -455,9 +467,15 @@ impl RunnerAdapter for LocalMockRunner {
                 let io = |e: std::io::Error| {
                     ArtifactError::transient(ctx, format!("cannot write {}: {e}", path.display()))
                 };
-                tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-                tokio::fs::write(&path, &log).await.map_err(io)?;
-                Artifact::from_local_file(name, ArtifactKind::Log, &path).map_err(io)?
+                let mut writer = ArtifactWriter::create(&path, Redactor::default())
+                    .await
+                    .map_err(io)?;
+                writer.write(&log).await.map_err(io)?;
+                writer
+                    .finish()
+                    .await
+                    .map_err(io)?
+                    .artifact(name, ArtifactKind::Log)
             }
         };
         Ok(ArtifactBundle {

@@ -21,6 +21,17 @@ fn fixture() -> Fixture {
         fixtures::long_running(),
     )
     .with_artifacts_root(artifacts_dir())
+    .with_secret_case(secret_payload(), SECRET)
+}
+
+const SECRET: &str = "mock-s3cr3t-value";
+
+/// The mock prints the payload's name; a name holding a secret env value
+/// is redacted in the live log and the log artifact.
+fn secret_payload() -> runner_core::TestPayload {
+    let mut payload = fixtures::passing();
+    payload.name = format!("suite-{SECRET}");
+    runner_contract::with_secret_env(payload, "TOKEN", SECRET)
 }
 
 runner_contract::contract_tests!(

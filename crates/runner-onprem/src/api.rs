@@ -75,12 +75,19 @@ impl ApiError {
         self,
         ctx: &runner_core::RunContext,
     ) -> runner_core::RunnerError<P> {
-        let mut err = runner_core::RunnerError::new(self.kind, ctx, self.message.clone())
-            .with_backend("onprem");
-        if let Some(after) = self.retry_after {
-            err = err.with_retry_after(after);
-        }
-        err.with_source(self)
+        runner_core::kit::classify::into_runner(self, ctx)
+    }
+}
+
+impl runner_core::kit::BackendError for ApiError {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    fn backend(&self) -> Option<&str> {
+        Some(crate::RUNNER_TYPE)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 }
 
@@ -109,6 +116,9 @@ pub struct RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// For downloads: no whole-request timeout (a large trace takes as long
+    /// as it takes); the kit's writer times out a body idle between chunks.
+    stream: reqwest::Client,
     base: String,
     token: Token,
     retry: RetryPolicy,
@@ -128,8 +138,14 @@ impl Api {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let stream = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(Api {
             http,
+            stream,
             base: base.trim_end_matches('/').to_string(),
             token,
             retry,
@@ -169,6 +185,78 @@ impl Api {
         self.call(method, path, None, deadline)
             .await
             .map(|(_, b)| b)
+    }
+
+    /// Download `uri` (on the API's origin) to `path`, redacting and hashing
+    /// as it streams, in bounded memory. A body idle for `idle` between
+    /// chunks, or cut, is retried from the start up to the retry policy's
+    /// attempts and then is a transient error; an answer that is not 2xx is
+    /// classified as any other call's.
+    pub async fn download_to(
+        &self,
+        uri: &str,
+        path: &std::path::Path,
+        redactor: &runner_core::Redactor,
+        idle: Duration,
+    ) -> Result<runner_core::kit::Written, ApiError> {
+        let what = format!("GET {uri}");
+        let url = if uri.starts_with("http://") || uri.starts_with("https://") {
+            uri.to_string()
+        } else {
+            format!("{}{uri}", self.base)
+        };
+        let backoff = runner_core::Backoff::new(self.retry.base, self.retry.max);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self.stream.get(&url).bearer_auth(&self.token.0).send();
+            let failure = match tokio::time::timeout(idle, sent).await {
+                Err(_) => ApiError::new(
+                    ErrorKind::Transient,
+                    format!("bench API {what}: no answer for {} s", idle.as_secs()),
+                ),
+                Ok(Err(e)) => ApiError::new(
+                    ErrorKind::Transient,
+                    format!("bench API {what}: {}", without_url(&e)),
+                ),
+                Ok(Ok(response)) if !response.status().is_success() => {
+                    let status = response.status();
+                    let bytes = response
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    let failure = status_error(&what, status, &bytes, None);
+                    if failure.kind != ErrorKind::Transient {
+                        return Err(failure);
+                    }
+                    failure
+                }
+                Ok(Ok(response)) => {
+                    let mut body = Body(response);
+                    match runner_core::kit::write_stream(&mut body, path, redactor.clone(), idle)
+                        .await
+                    {
+                        Ok(written) => return Ok(written),
+                        Err(runner_core::kit::StreamError::Io(e)) => {
+                            return Err(ApiError::new(
+                                ErrorKind::Permanent,
+                                format!("bench API {what}: writing {}: {e}", path.display()),
+                            ));
+                        }
+                        Err(e) => ApiError::new(
+                            ErrorKind::Transient,
+                            format!("bench API {what}: the download was cut: {e}"),
+                        ),
+                    }
+                }
+            };
+            if attempt >= self.retry.attempts {
+                return Err(failure);
+            }
+            tracing::debug!(call = %what, attempt, error = %failure, "retrying the download");
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
     }
 
     async fn call(
@@ -256,6 +344,21 @@ impl Api {
     }
 }
 
+/// A response body as the kit's chunk source.
+struct Body(reqwest::Response);
+
+#[runner_core::async_trait]
+impl runner_core::kit::ChunkSource for Body {
+    type Chunk = Vec<u8>;
+    type Error = String;
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self.0.chunk().await {
+            Ok(chunk) => Ok(chunk.map(|b| b.to_vec())),
+            Err(e) => Err(without_url(&e)),
+        }
+    }
+}
+
 /// What went wrong with a request, and its sources, without reqwest's own
 /// text (which carries the URL, and a URL may carry query values).
 fn without_url(e: &reqwest::Error) -> String {
@@ -297,11 +400,7 @@ fn status_error(
             String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string(),
         ),
     };
-    let kind = match status.as_u16() {
-        429 => ErrorKind::Transient,
-        s if s >= 500 => ErrorKind::Transient,
-        _ => ErrorKind::Permanent,
-    };
+    let kind = runner_core::kit::classify::http_status(status.as_u16());
     let hint = if matches!(status.as_u16(), 401 | 403) {
         " (check the API token the runner is configured with)"
     } else {

@@ -149,8 +149,9 @@ impl OnPremBenchRunner {
         }
     }
 
-    /// The run of this execution on a reservation (the one whose
-    /// idempotency key is the execution id, else the latest).
+    /// The run of this execution's attempt on a reservation: the one whose
+    /// idempotency key is the execution id. Never another attempt's (an
+    /// adopted reservation also holds the dead attempt's run).
     pub(crate) async fn find_run(
         &self,
         reservation_id: &str,
@@ -165,12 +166,69 @@ impl OnPremBenchRunner {
                 None,
             )
             .await?;
-        let mine = runs
+        Ok(runs
             .runs
-            .iter()
-            .find(|r| r.idempotency_key.as_deref() == Some(execution_id))
-            .cloned();
-        Ok(mine.or_else(|| runs.runs.last().cloned()))
+            .into_iter()
+            .find(|r| r.idempotency_key.as_deref() == Some(execution_id)))
+    }
+}
+
+/// Held by a provision from the moment its reservation exists until it
+/// hands the handle back: a provision dropped on the way (its caller's time
+/// limit, a shutdown) stops the lease heartbeat and releases the
+/// reservation instead of keeping the bench leased for the worker's life.
+pub(crate) struct ProvisionGuard {
+    api: Api,
+    heartbeats: Heartbeats,
+    id: String,
+    armed: bool,
+}
+
+pub(crate) type Heartbeats =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>>;
+
+impl ProvisionGuard {
+    pub(crate) fn new(runner: &OnPremBenchRunner, id: &str) -> ProvisionGuard {
+        ProvisionGuard {
+            api: runner.api.clone(),
+            heartbeats: runner.heartbeats.clone(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
+
+    /// The provision finished (a handle, or an error path that released itself).
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProvisionGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(token) = self
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id)
+        {
+            token.cancel();
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let api = self.api.clone();
+        let id = self.id.clone();
+        runtime.spawn(async move {
+            let path = format!("/v1/reservations/{id}");
+            match api.bytes(Method::DELETE, &path, None).await {
+                Ok(_) => tracing::info!(reservation = %id, "released the reservation of a provision that was dropped"),
+                Err(e) if e.is_status(404) => {}
+                Err(e) => tracing::warn!(reservation = %id, error = %e, "could not release the reservation of a dropped provision; its lease will expire"),
+            }
+        });
     }
 }
 

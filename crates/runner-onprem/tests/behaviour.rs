@@ -360,7 +360,7 @@ async fn logs_follow_by_offset_and_artifacts_are_verified_and_redacted() {
         .await
         .unwrap();
     let names: Vec<&str> = bundle.artifacts.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["reports/junit.xml", "can.log"]);
+    assert_eq!(names, ["logs/run.log", "reports/junit.xml", "can.log"]);
     for artifact in &bundle.artifacts {
         let runner_core::ArtifactLocation::Local(path) = &artifact.location else {
             panic!()

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod scripted;
+
 use std::sync::OnceLock;
 
 use runner_core::{BenchSpec, TestPayload};
