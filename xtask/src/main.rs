@@ -299,6 +299,43 @@ fn readme_main_command() -> Result<()> {
         return Ok(());
     };
     let words: Vec<&str> = line.split_whitespace().collect();
-    // The same wrapper as the build steps, so the command reuses their build.
-    run("README main command", linted_cargo().args(&words[1..]))
+    // `cargo run -p PACKAGE -- ARGS`: the package must have exactly one
+    // binary (so `cargo run -p` picks it), and that binary, as the test
+    // step built it, runs ARGS from the root. Running `cargo run` itself
+    // here would build the binary a second time: without the
+    // dev-dependencies, features of shared crates (time, nix, syn) differ,
+    // and that rebuilt the AWS SDK, 5 to 15 minutes of CI.
+    let (package, args) = match words.as_slice() {
+        ["cargo", "run", "-p", package, "--", args @ ..] => (*package, args),
+        _ => {
+            return Err(format!(
+                "the README's main command is not `cargo run -p PACKAGE -- ARGS`: {line}"
+            ));
+        }
+    };
+    let manifest = project_root()
+        .join("crates")
+        .join(package)
+        .join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+    let bins: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != "[[bin]]")
+        .filter_map(|l| l.trim().strip_prefix("name = "))
+        .map(|n| n.trim_matches('"'))
+        .collect();
+    let [bin] = bins.as_slice() else {
+        return Err(format!(
+            "{} must declare exactly one [[bin]] for `cargo run -p {package}`; it declares {bins:?}",
+            manifest.display()
+        ));
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"));
+    let binary = target.join("debug").join(bin);
+    let mut cmd = Command::new(&binary);
+    cmd.args(args).current_dir(project_root());
+    run("README main command (the test step's binary)", &mut cmd)
 }

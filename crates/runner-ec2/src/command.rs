@@ -14,9 +14,9 @@
 use std::time::Duration;
 
 use aws_sdk_ssm::types::CommandInvocationStatus;
+use runner_aws::{ArtifactStore, AwsError, classify};
 use runner_core::kit::LogFollower;
 use runner_core::{ErrorKind, LogSink, LogStream, TestResult, TestStatus};
-use runner_aws::{ArtifactStore, AwsError, classify};
 use serde::Deserialize;
 use tokio::time::Instant;
 

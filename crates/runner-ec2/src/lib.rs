@@ -6,8 +6,8 @@ pub mod command;
 pub mod config;
 pub mod instances;
 pub mod pool;
-mod register;
 mod provision;
+mod register;
 pub mod script;
 
 use std::path::Path;
