@@ -1,5 +1,6 @@
 //! Collecting artifacts: the files the script uploaded, and the output log,
-//! redacted by streaming it through the kit's writer (never whole in memory).
+//! each redacted in place by streaming it through the kit's writer (never
+//! whole in memory) when the payload has secrets.
 
 use std::time::Duration;
 
@@ -29,9 +30,28 @@ impl Ec2Runner {
             .map_err(|e| e.into_runner(ctx))?;
         let output_key = format!("{prefix}output.log");
         let redactor = payload.redactor();
-        // The instance uploads raw output; with secrets to hide, the log is
-        // streamed down redacted and put back in place before it becomes an
-        // artifact (a second collect finds nothing left to redact: same bytes).
+        // The instance uploads raw output and raw artifacts; with secrets
+        // to hide, each object is streamed down redacted and put back in
+        // place before it becomes an artifact (a second collect finds
+        // nothing left to redact: same bytes). Memory stays at a chunk.
+        if !redactor.is_empty() {
+            for artifact in &mut bundle.artifacts {
+                let runner_core::ArtifactLocation::Uri(uri) = &artifact.location else {
+                    continue;
+                };
+                let Ok(parsed) = runner_aws::S3Uri::parse(uri) else {
+                    continue;
+                };
+                if let Some((size, sha256)) = store
+                    .redact_in_place(&parsed.key, redactor.clone(), IDLE)
+                    .await
+                    .map_err(|e| e.into_runner(ctx))?
+                {
+                    artifact.size = size;
+                    artifact.sha256 = sha256;
+                }
+            }
+        }
         let described = if redactor.is_empty() {
             match store
                 .list(&output_key)
@@ -50,27 +70,10 @@ impl Ec2Runner {
                 )),
             }
         } else {
-            let local = std::env::temp_dir().join(format!(
-                "orch-ec2-{}-{}.log",
-                std::process::id(),
-                ctx.execution_id().replace(['/', '\\'], "_")
-            ));
-            let written = store
-                .download_to(&output_key, &local, redactor, IDLE)
+            store
+                .redact_in_place(&output_key, redactor, IDLE)
                 .await
-                .map_err(|e| e.into_runner(ctx))?;
-            let uploaded = match &written {
-                Some(w) => Some(store.put_file(&output_key, &w.path).await),
-                None => None,
-            };
-            let _ = tokio::fs::remove_file(&local).await;
-            match (written, uploaded) {
-                (Some(w), Some(up)) => {
-                    up.map_err(|e| e.into_runner(ctx))?;
-                    Some((w.size, w.sha256))
-                }
-                _ => None,
-            }
+                .map_err(|e| e.into_runner(ctx))?
         };
         if let Some((size, sha256)) = described {
             let mut name = "logs/output.log".to_string();
