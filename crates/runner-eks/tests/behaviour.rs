@@ -252,6 +252,36 @@ async fn secret_values_go_to_a_secret_and_never_into_the_job_or_log() {
     assert!(s.fake.secrets().is_empty(), "the Secret goes at teardown");
 }
 
+/// A `{secret: {kubernetes: {name, key}}}` reference is read by the
+/// kubelet: the Job names the secret and key, the worker never sees a value
+/// and makes no Secret of its own (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_reference_becomes_a_secret_key_ref_and_no_secret() {
+    let s = setup().await;
+    let ctx = ctx("k8s-ref");
+    let handle = s.runner.provision(&ctx, &common::bench()).await.unwrap();
+    let mut payload = common::payload(&[]);
+    let reference: EnvVar = serde_json::from_value(serde_json::json!(
+        {"secret": {"kubernetes": {"name": "db-credentials", "key": "password"}}}
+    ))
+    .unwrap();
+    payload.env.insert("DB_PASSWORD".into(), reference);
+    s.runner.run_test(&ctx, &handle, &payload).await.unwrap();
+    let job = s.fake.job(&handle.handle_id()[6..]).unwrap();
+    let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "DB_PASSWORD")
+        .unwrap();
+    assert_eq!(var["valueFrom"]["secretKeyRef"]["name"], "db-credentials");
+    assert_eq!(var["valueFrom"]["secretKeyRef"]["key"], "password");
+    assert!(var.get("value").is_none(), "{var}");
+    assert!(s.fake.secrets().is_empty(), "no Secret of the worker's own");
+    s.runner.teardown(&ctx, &handle).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_whose_job_never_came_is_listed_and_torn_down() {
     let s = setup().await;
