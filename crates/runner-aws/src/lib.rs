@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod errors;
+mod redact;
 #[cfg(feature = "secrets")]
 mod secrets;
 mod store;

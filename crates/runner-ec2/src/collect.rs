@@ -34,24 +34,10 @@ impl Ec2Runner {
         // to hide, each object is streamed down redacted and put back in
         // place before it becomes an artifact (a second collect finds
         // nothing left to redact: same bytes). Memory stays at a chunk.
-        if !redactor.is_empty() {
-            for artifact in &mut bundle.artifacts {
-                let runner_core::ArtifactLocation::Uri(uri) = &artifact.location else {
-                    continue;
-                };
-                let Ok(parsed) = runner_aws::S3Uri::parse(uri) else {
-                    continue;
-                };
-                if let Some((size, sha256)) = store
-                    .redact_in_place(&parsed.key, redactor.clone(), IDLE)
-                    .await
-                    .map_err(|e| e.into_runner(ctx))?
-                {
-                    artifact.size = size;
-                    artifact.sha256 = sha256;
-                }
-            }
-        }
+        store
+            .redact_artifacts(&mut bundle.artifacts, &redactor, IDLE)
+            .await
+            .map_err(|e| e.into_runner(ctx))?;
         let described = if redactor.is_empty() {
             match store
                 .list(&output_key)

@@ -250,6 +250,16 @@ impl RunnerAdapter for EksRunner {
                 .collect(&format!("{prefix}artifacts/"), |_| ArtifactKind::File)
                 .await
                 .map_err(|e| e.into_runner(ctx))?;
+            // The sidecar uploads what the test wrote, raw: with secrets to
+            // hide, each object is rewritten redacted in place.
+            store
+                .redact_artifacts(
+                    &mut bundle.artifacts,
+                    &payload.redactor(),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|e| e.into_runner(ctx))?;
         }
         let log_path = self
             .local_log_path(ctx.execution_id())
