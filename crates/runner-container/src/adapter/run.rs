@@ -21,6 +21,9 @@ use crate::logs::LiveLogs;
 
 use super::{ContainerRunner, ContainerState, remove};
 
+/// How long a log stream may stay open once the container exited.
+const FOLLOW_GRACE: Duration = Duration::from_secs(5);
+
 /// How a run ended, before the engine is asked for the exit status.
 enum End {
     Exited,
@@ -193,7 +196,34 @@ impl ContainerRunner {
             outcome
         };
         let wait = wait_exit(&docker, &state.name);
-        let run = futures::future::join(follow, wait);
+        // Podman sometimes keeps a follow stream open after the container
+        // exited (seen in CI: a contract check hung for minutes on a
+        // container that had exited 0). Once the exit is known the stream
+        // gets FOLLOW_GRACE to end; the collected log is complete anyway.
+        let run = async {
+            tokio::pin!(follow);
+            tokio::pin!(wait);
+            let mut followed = None;
+            let waited = loop {
+                tokio::select! {
+                    f = &mut follow, if followed.is_none() => followed = Some(f),
+                    w = &mut wait => break w,
+                }
+            };
+            let followed = match followed {
+                Some(f) => f,
+                None => match tokio::time::timeout(FOLLOW_GRACE, &mut follow).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        tracing::warn!(
+                            "the engine kept the log stream open after the container exited; the collected log is complete"
+                        );
+                        Ok(())
+                    }
+                },
+            };
+            (followed, waited)
+        };
         tokio::pin!(run);
         let sleep = async {
             match limit {
