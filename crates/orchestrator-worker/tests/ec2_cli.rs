@@ -7,6 +7,8 @@
 #![cfg(feature = "ec2")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod ec2_common;
+
 use std::path::{Path, PathBuf};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
@@ -17,35 +19,8 @@ fn root() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_suite_runs_on_ec2_through_the_cli() {
-    let moto = test_emulators::Moto::start().unwrap();
-    let sdk = test_emulators::aws::sdk_config(&moto.endpoint()).await;
-    let s3 = runner_aws::s3_client(&sdk, true);
-    s3.create_bucket()
-        .bucket("cli-artifacts")
-        .send()
-        .await
-        .unwrap();
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let image = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-
-    let bin = test_emulators::venv_bin().unwrap();
-    let mut script_env = moto.env();
-    script_env.push((
-        "PATH".into(),
-        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-    ));
-    let sim = test_emulators::ssm::SsmSim::start(script_env)
-        .await
-        .unwrap();
+    let emu = ec2_common::start("cli-artifacts").await;
+    let (moto, sim, s3, ec2, image) = (&emu.moto, &emu.sim, &emu.s3, &emu.ec2, &emu.image);
 
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("suite.tar.gz");

@@ -8,6 +8,8 @@
 #![cfg(all(feature = "ec2", feature = "aws-secrets"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod ec2_common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -213,30 +215,8 @@ const CRASH_TOKEN: &str = "crash-Token-Value-0f3a";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_ec2_attempt_leaves_no_secret_in_s3_after_the_reaper() {
-    let moto = test_emulators::Moto::start().unwrap();
-    let sdk = test_emulators::aws::sdk_config(&moto.endpoint()).await;
-    let s3 = runner_aws::s3_client(&sdk, true);
-    s3.create_bucket().bucket("crash").send().await.unwrap();
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let image = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    let bin = test_emulators::venv_bin().unwrap();
-    let mut script_env = moto.env();
-    script_env.push((
-        "PATH".into(),
-        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-    ));
-    let sim = test_emulators::ssm::SsmSim::start(script_env)
-        .await
-        .unwrap();
+    let emu = ec2_common::start("crash").await;
+    let (moto, sim, ec2, image) = (&emu.moto, &emu.sim, &emu.ec2, &emu.image);
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -253,7 +233,7 @@ async fn a_crashed_ec2_attempt_leaves_no_secret_in_s3_after_the_reaper() {
     )
     .unwrap();
     let store = d.join("runs.sqlite3");
-    let mut run = orchestrator(&moto, d);
+    let mut run = orchestrator(moto, d);
     run.arg("run")
         .arg("--bench")
         .arg(d.join("bench.yaml"))
@@ -270,20 +250,9 @@ async fn a_crashed_ec2_attempt_leaves_no_secret_in_s3_after_the_reaper() {
     let mut child = run.spawn().unwrap();
 
     // The command has started once its live output reached S3.
-    let keys = || async {
-        s3.list_objects_v2()
-            .bucket("crash")
-            .send()
-            .await
-            .unwrap()
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect::<Vec<_>>()
-    };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let listed = keys().await;
+        let listed = emu.keys("crash").await;
         if listed.iter().any(|k| k.ends_with("output.log")) {
             break;
         }
@@ -302,7 +271,7 @@ async fn a_crashed_ec2_attempt_leaves_no_secret_in_s3_after_the_reaper() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, text) = output(
-            orchestrator(&moto, d)
+            orchestrator(moto, d)
                 .arg("reap")
                 .arg("--store")
                 .arg(&store)
@@ -341,24 +310,13 @@ async fn a_crashed_ec2_attempt_leaves_no_secret_in_s3_after_the_reaper() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let listed = keys().await;
+    let listed = emu.keys("crash").await;
     assert!(
         !listed.iter().any(|k| k.ends_with("env.sh")),
         "a secret object is left: {listed:?}"
     );
     for key in &listed {
-        let body = s3
-            .get_object()
-            .bucket("crash")
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = emu.body("crash", key).await;
         assert!(
             !String::from_utf8_lossy(&body).contains(CRASH_TOKEN),
             "{key} holds the secret"

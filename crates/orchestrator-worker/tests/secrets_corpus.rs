@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "ec2")]
+mod ec2_common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -260,29 +263,8 @@ async fn the_corpus_leaks_nowhere_in_a_container() {
 #[cfg(feature = "ec2")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_leaks_nowhere_on_ec2_and_in_its_bucket() {
-    let moto = test_emulators::Moto::start().unwrap();
-    let sdk = test_emulators::aws::sdk_config(&moto.endpoint()).await;
-    let s3 = runner_aws::s3_client(&sdk, true);
-    s3.create_bucket().bucket("corpus").send().await.unwrap();
-    let image = aws_sdk_ec2::Client::new(&sdk)
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    let bin = test_emulators::venv_bin().unwrap();
-    let mut script_env = moto.env();
-    script_env.push((
-        "PATH".into(),
-        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-    ));
-    let sim = test_emulators::ssm::SsmSim::start(script_env)
-        .await
-        .unwrap();
+    let emu = ec2_common::start("corpus").await;
+    let (moto, sim, image) = (&emu.moto, &emu.sim, &emu.image);
     let inputs = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -303,29 +285,13 @@ async fn the_corpus_leaks_nowhere_on_ec2_and_in_its_bucket() {
         ),
     ]);
     let mut found = run_corpus(inputs.path(), d, &runner, "corpus", "corpus/*", env, true).await;
-    let listed = s3.list_objects_v2().bucket("corpus").send().await.unwrap();
-    let keys: Vec<String> = listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_owned))
-        .collect();
+    let keys = emu.keys("corpus").await;
     assert!(
         keys.iter().any(|k| k.ends_with("corpus/at-1048576.bin")),
         "{keys:?}"
     );
     for key in &keys {
-        let body = s3
-            .get_object()
-            .bucket("corpus")
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = emu.body("corpus", key).await;
         found.extend(leaks(&format!("s3://corpus/{key}"), &body));
     }
     assert!(found.is_empty(), "{found:#?}");
