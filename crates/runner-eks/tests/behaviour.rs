@@ -9,31 +9,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::FakeK8s;
+use common::{FakeK8s, ctx, setup};
 use runner_core::{
     ArtifactLocation, EnvVar, ErrorKind, LogSink, LogStream, RunContext, RunnerAdapter, TestStatus,
 };
-
-fn ctx(name: &str) -> RunContext {
-    RunContext::new(format!("exec-{name}"), format!("corr-{name}"))
-}
-
-struct Setup {
-    fake: FakeK8s,
-    runner: runner_eks::EksRunner,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let fake = FakeK8s::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let runner = common::runner(&fake, dir.path());
-    Setup {
-        fake,
-        runner,
-        _dir: dir,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_killed_is_a_failed_result_with_a_diagnosis() {

@@ -7,29 +7,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::FakeK8s;
-use runner_core::{ArtifactLocation, EnvVar, RunContext, RunnerAdapter};
-
-fn ctx(name: &str) -> RunContext {
-    RunContext::new(format!("exec-{name}"), format!("corr-{name}"))
-}
-
-struct Setup {
-    fake: FakeK8s,
-    runner: runner_eks::EksRunner,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let fake = FakeK8s::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let runner = common::runner(&fake, dir.path());
-    Setup {
-        fake,
-        runner,
-        _dir: dir,
-    }
-}
+use common::{FakeK8s, ctx, setup};
+use runner_core::{ArtifactLocation, EnvVar, RunnerAdapter};
 
 /// A `{secret: {kubernetes: {name, key}}}` reference is read by the
 /// kubelet: the Job names the secret and key, the worker never sees a value

@@ -71,3 +71,27 @@ pub fn with_secret(mut payload: TestPayload, name: &str, value: &str) -> TestPay
     );
     payload
 }
+
+/// A context named after the test.
+pub fn ctx(name: &str) -> runner_core::RunContext {
+    runner_core::RunContext::new(format!("exec-{name}"), format!("corr-{name}"))
+}
+
+/// A scripted API server and a runner on it, artifacts in a temp dir.
+pub struct Setup {
+    pub fake: FakeK8s,
+    pub runner: EksRunner,
+    _dir: tempfile::TempDir,
+}
+
+/// [`Setup`] with the default config.
+pub async fn setup() -> Setup {
+    let fake = FakeK8s::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let runner = runner(&fake, dir.path());
+    Setup {
+        fake,
+        runner,
+        _dir: dir,
+    }
+}
