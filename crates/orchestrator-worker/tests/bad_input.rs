@@ -223,6 +223,8 @@ fn cases() -> Vec<Case> {
         case("submit literal secret", 4, "payload.env.TOK").file("worker.yaml", WORKER).payload("name: p\ncommand: ['true']\nenv: {TOK: {value: hunter2-literal, secret: true}}\n").args(submit().leak()).not("hunter2-literal"),
         case("secret reference with two sources", 4, "payload.env.T.secret").runner(LOCAL).payload("name: p\ncommand: ['true']\nenv: {T: {secret: {env: A, file: /b}}}\n"),
         case("secret reference not set", 4, "NO_SUCH_SECRET_VAR").runner(LOCAL).payload("name: p\ncommand: ['true']\nenv: {T: {secret: {env: NO_SUCH_SECRET_VAR}}}\n"),
+        case("empty ssm parameter name", 4, "`aws_ssm_parameter` is empty").runner(LOCAL).payload("name: p\ncommand: ['true']\nenv: {T: {secret: {aws_ssm_parameter: ''}}}\n"),
+        case("key on an ssm parameter", 4, "aws_secretsmanager only").runner(LOCAL).payload("name: p\ncommand: ['true']\nenv: {T: {secret: {aws_ssm_parameter: /x, key: k}}}\n"),
         case("kubernetes secret on local", 4, "payload.env.T.secret").runner(LOCAL).payload("name: p\ncommand: ['true']\nenv: {T: {secret: {kubernetes: {name: s, key: k}}}}\n"),
         case("command not allowed", 4, "allowed.commands").runner("type: local\nbackend: {root: '{dir}/work'}\nallowed: {commands: [pytest]}").payload("name: p\ncommand: [rm, -rf, /]\n"),
         case("env not allowed", 4, "allowed.env").runner("type: local\nbackend: {root: '{dir}/work'}\nallowed: {env: ['TEST_*']}").payload("name: p\ncommand: ['true']\nenv: {LD_PRELOAD: /x.so}\n"),

@@ -149,6 +149,27 @@ impl SecretRef {
         if self.key.is_some() && self.aws_secretsmanager.is_none() {
             return Err("`key` goes with aws_secretsmanager only".into());
         }
+        let named = [
+            ("env", self.env.as_deref()),
+            ("file", self.file.as_deref()),
+            ("aws_secretsmanager", self.aws_secretsmanager.as_deref()),
+            ("aws_ssm_parameter", self.aws_ssm_parameter.as_deref()),
+            ("key", self.key.as_deref()),
+            (
+                "kubernetes.name",
+                self.kubernetes.as_ref().map(|k| k.name.as_str()),
+            ),
+            (
+                "kubernetes.key",
+                self.kubernetes.as_ref().map(|k| k.key.as_str()),
+            ),
+        ];
+        if let Some((field, _)) = named
+            .iter()
+            .find(|(_, v)| v.is_some_and(|v| v.trim().is_empty()))
+        {
+            return Err(format!("`{field}` is empty"));
+        }
         Ok(())
     }
 }
