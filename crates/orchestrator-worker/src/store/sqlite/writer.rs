@@ -178,3 +178,65 @@ impl SqliteStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Concurrent writes share groups; one that fails undoes its own rows
+    /// only, and every caller gets its own answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_in_a_group_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+                    .map_err(store_err)
+            })
+            .await
+            .unwrap();
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..60i64 {
+            let store = store.clone();
+            writes.spawn(async move {
+                let result = store
+                    .write(move |c| {
+                        c.execute("INSERT INTO t VALUES (?1)", [i])
+                            .map_err(store_err)?;
+                        if i % 10 == 0 {
+                            return Err(store_err("refused"));
+                        }
+                        Ok(i)
+                    })
+                    .await;
+                (i, result)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = writes.join_next().await {
+            let (i, result) = joined.unwrap();
+            match result {
+                Ok(got) => assert_eq!(got, i),
+                Err(_) => failed.push(i),
+            }
+        }
+        failed.sort();
+        assert_eq!(failed, [0, 10, 20, 30, 40, 50]);
+        let rows: i64 = store
+            .with(|c| {
+                c.query_row("SELECT COUNT(*) FROM t WHERE k % 10 <> 0", [], |r| r.get(0))
+                    .map_err(store_err)
+            })
+            .await
+            .unwrap();
+        let refused: i64 = store
+            .with(|c| {
+                c.query_row("SELECT COUNT(*) FROM t WHERE k % 10 = 0", [], |r| r.get(0))
+                    .map_err(store_err)
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows, refused), (54, 0));
+    }
+}
