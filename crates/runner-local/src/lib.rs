@@ -6,6 +6,9 @@ pub mod config;
 mod output;
 mod process;
 mod register;
+mod run;
+mod stage;
+mod state;
 
 pub use adapter::LocalProcessRunner;
 pub use config::{LocalBench, LocalConfig};

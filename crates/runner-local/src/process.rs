@@ -1,6 +1,8 @@
 //! Process groups: start a command in its own group, stop the whole group.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -13,43 +15,137 @@ use serde::{Deserialize, Serialize};
 /// teardown.
 pub(crate) const MARKER_VAR: &str = "ORCHESTRATOR_LOCAL_DIR";
 
+/// What a sweep of `/proc` for an execution's marked processes did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sweep {
+    /// Processes killed.
+    pub killed: usize,
+    /// Whether the last pass found none left: no marked process existed
+    /// then, and none can appear later (only a marked process starts one).
+    pub clean: bool,
+}
+
+/// Which processes a run may have started: those whose pid was allocated
+/// after its leader's. Pids are handed out in increasing order (wrapping at
+/// `pid_max`), so a short run's candidates are the few pids between its
+/// leader and the namespace's last pid, read from
+/// `/proc/sys/kernel/ns_last_pid`, instead of every process on the machine
+/// (a scan of ~80 processes cost more than starting the test).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Since {
+    /// The run's leader pid.
+    pub leader: i32,
+    /// When the leader was started.
+    pub at: std::time::Instant,
+}
+
+/// Runs longer than this are swept by a full scan: pids could have wrapped
+/// all the way round since (32,768 on this kind of machine).
+const RANGE_FOR_AT_MOST: Duration = Duration::from_secs(2);
+/// Beyond this many candidate pids a full scan is as cheap.
+const RANGE_MAX: usize = 1_024;
+
+fn read_i32(path: &str) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The pids to look at, or `None` for every process in `/proc`.
+fn candidates(since: Option<&Since>) -> Option<Vec<i32>> {
+    static PID_MAX: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    let since = since?;
+    if since.at.elapsed() > RANGE_FOR_AT_MOST {
+        return None;
+    }
+    let max = (*PID_MAX.get_or_init(|| read_i32("/proc/sys/kernel/pid_max")))?;
+    let last = read_i32("/proc/sys/kernel/ns_last_pid")?;
+    let leader = since.leader;
+    let pids: Vec<i32> = if last >= leader {
+        (leader..=last).take(RANGE_MAX + 1).collect()
+    } else {
+        // Wrapped since the leader started.
+        (leader..max).chain(1..=last).take(RANGE_MAX + 1).collect()
+    };
+    (pids.len() <= RANGE_MAX).then_some(pids)
+}
+
+/// SIGKILL `pid` if its environment holds `needle`; whether it did.
+fn kill_if_marked(pid: i32, needle: &[u8]) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    env.split(|b| *b == 0).any(|kv| kv == needle)
+        && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+}
+
 /// SIGKILL every process whose environment carries `MARKER_VAR=dir`, in a
-/// few passes (one may fork while the scan runs). Returns how many.
-pub(crate) fn kill_marked(dir: &Path) -> usize {
+/// few passes (one may fork while the scan runs). With `since`, only the
+/// pids allocated after the run's leader are looked at (see [`Since`]);
+/// without, every process in `/proc`.
+pub(crate) fn kill_marked(dir: &Path, since: Option<&Since>) -> Sweep {
     let needle = format!("{MARKER_VAR}={}", dir.display()).into_bytes();
-    let me = std::process::id();
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     let mut killed = 0;
     for _ in 0..3 {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return killed;
+        let pids = match candidates(since) {
+            Some(pids) => pids,
+            None => {
+                let Ok(entries) = std::fs::read_dir("/proc") else {
+                    return Sweep {
+                        killed,
+                        clean: false,
+                    };
+                };
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            }
         };
-        let mut found = 0;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if u32::try_from(pid).is_ok_and(|p| p == me) {
-                continue;
-            }
-            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_slice())
-                && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
-            {
-                found += 1;
-            }
-        }
+        let found = pids
+            .into_iter()
+            .filter(|pid| *pid != me && kill_if_marked(*pid, &needle))
+            .count();
         killed += found;
         if found == 0 {
-            break;
+            return Sweep {
+                killed,
+                clean: true,
+            };
         }
     }
-    killed
+    Sweep {
+        killed,
+        clean: false,
+    }
+}
+
+/// Execution directories whose run ended with a clean [`Sweep`] in this
+/// process: their teardown here skips a second scan of `/proc` (one per
+/// test instead of two: the scan reads every process's environment).
+/// A teardown in another process, or after a run that did not end with a
+/// clean sweep (a dropped future, a fork storm), scans as before.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Swept(Arc<Mutex<HashSet<PathBuf>>>);
+
+impl Swept {
+    /// Entries kept at most; beyond, the set starts over (a missed skip
+    /// only costs a scan).
+    const MAX: usize = 4_096;
+
+    /// `dir`'s run ended with a clean sweep.
+    pub(crate) fn insert(&self, dir: &Path) {
+        if let Ok(mut set) = self.0.lock() {
+            if set.len() >= Self::MAX {
+                set.clear();
+            }
+            set.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Forget `dir`; whether its last run ended with a clean sweep.
+    pub(crate) fn take(&self, dir: &Path) -> bool {
+        self.0.lock().is_ok_and(|mut set| set.remove(dir))
+    }
 }
 
 /// What teardown needs to find a group again, possibly from another process.
@@ -128,12 +224,13 @@ fn start_ticks(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Write the record where teardown in another process will find it.
+/// Write the record where teardown in another process will find it: in
+/// place, one small write (no temporary file and rename: a torn record
+/// reads as none, and teardown's scan for marked processes still finds the
+/// group's members).
 pub(crate) fn save(record: &GroupRecord, path: &Path) -> std::io::Result<()> {
     let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(tmp, path)
+    std::fs::write(path, json)
 }
 
 /// Read a saved record; `None` when no run was started.

@@ -446,3 +446,48 @@ async fn a_double_forked_daemon_with_closed_pipes_is_gone_after_teardown() {
     }
     assert!(!alive, "pid {pid} outlived teardown");
 }
+
+#[tokio::test]
+async fn a_daemon_of_a_dropped_run_is_found_by_a_teardown_in_another_process() {
+    // The run's own sweep of the pids after its leader never happens (its
+    // future is dropped, as the worker's timeout does); a runner that did
+    // not run it (another worker's reaper) must still find the escaped
+    // daemon by scanning every process.
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let ctx = ctx("dropped");
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let pidfile = dir.path().join("dropped.pid");
+    let payload = common::sh(&format!(
+        "(setsid sh -c 'echo $$ > {}; exec >/dev/null 2>&1 </dev/null; exec sleep 40' &) ; sleep 30",
+        pidfile.display()
+    ));
+    let mut pid = None;
+    {
+        let run = runner.run_test(&ctx, &handle, &payload);
+        tokio::pin!(run);
+        for _ in 0..100 {
+            tokio::select! {
+                _ = &mut run => panic!("the run ended early"),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            pid = pid_in(&pidfile);
+            if pid.is_some() {
+                break;
+            }
+        }
+    }
+    let pid = pid.expect("the daemon wrote its pid");
+    assert!(running(pid), "the daemon outlives the dropped run");
+    let elsewhere = common::runner(dir.path());
+    elsewhere.teardown(&ctx, &handle).await.unwrap();
+    let mut alive = running(pid);
+    for _ in 0..50 {
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        alive = running(pid);
+    }
+    assert!(!alive, "pid {pid} outlived a teardown from another runner");
+}
