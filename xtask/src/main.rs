@@ -257,7 +257,11 @@ fn bench(args: &[String]) -> Result<()> {
             "orchestrator",
         ]),
     )?;
-    let binary = project_root().join("target/release/orchestrator-bench");
+    // Where cargo put it: `CARGO_TARGET_DIR` when set, else `target/`.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"));
+    let binary = target_dir.join("release/orchestrator-bench");
     let mut report = String::new();
     for name in selected {
         let output = Command::new(&binary)

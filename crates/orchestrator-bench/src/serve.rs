@@ -212,8 +212,74 @@ async fn queue_only(n: usize) -> Result<f64, String> {
     Ok(n as f64 / wall)
 }
 
+/// `orchestrator submit --batch` of `n` tasks (JSON lines, bench and
+/// payload inline) into a fresh SQLite queue: the wall time of the whole
+/// process, beside the same tasks through `submit_batch` in this process
+/// and the process start alone (`orchestrator --version`).
+async fn batch_submit(n: usize) -> Result<(f64, f64, f64), String> {
+    let dir = std::env::temp_dir().join(format!("orchestrator-bench-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("q.sqlite3");
+    let config = write_config(&dir, &format!("queue: {{path: '{}'}}\n", path.display()))?;
+    let mut lines = String::new();
+    for task in tasks("b", n) {
+        let line = serde_json::json!({
+            "runner": task.runner,
+            "bench": task.bench,
+            "payload": task.payload,
+            "key": task.execution_key,
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    let batch = dir.join("batch.jsonl");
+    std::fs::write(&batch, lines).map_err(|e| e.to_string())?;
+    // The queue file exists before the clock starts, as on a fleet.
+    SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let status = Command::new(orchestrator()?)
+        .args(["submit", "--config"])
+        .arg(&config)
+        .arg("--batch")
+        .arg(&batch)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run submit: {e}"))?;
+    let cli = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("submit --batch failed ({status})"));
+    }
+    let started = Instant::now();
+    let status = Command::new(orchestrator()?)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run orchestrator: {e}"))?;
+    let start_only = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("orchestrator --version failed ({status})"));
+    }
+    let store = SqliteStore::open(&dir.join("q2.sqlite3")).map_err(|e| e.to_string())?;
+    let backends = Backends {
+        queue: Arc::new(store.clone()),
+        store: Arc::new(store),
+    };
+    let started = Instant::now();
+    orchestrator_worker::submit::submit_batch(&backends, &tasks("b", n))
+        .await
+        .map_err(|e| e.to_string())?;
+    let in_process = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((cli, in_process, start_only))
+}
+
 pub async fn serve() -> Result<(), String> {
     let n = tasks_per_run();
+    let (cli, in_process, start_only) = batch_submit(n).await?;
+    println!(
+        "submit-batch {n} tasks by `orchestrator submit --batch` in {cli:.3} s | the same through submit_batch in process {in_process:.3} s, process start alone {start_only:.3} s"
+    );
     let mut rates = Vec::new();
     for _ in 0..3 {
         let (wall, _) = sqlite_run(n, &[]).await?;
