@@ -11,8 +11,8 @@ use runner_core::artifact::sha256_bytes;
 use runner_core::blocking::{Blocking, BlockingRunnerAdapter};
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
-    Capabilities, ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerHandle,
-    RunnerRegistry, TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
+    Capabilities, ExecutionError, ListOwnedError, OwnedResource, ProvisionError, RunContext,
+    RunnerHandle, RunnerRegistry, TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,11 +49,9 @@ impl BlockingRunnerAdapter for EchoRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            idempotent_teardown: true,
-            leak_listing: true,
-            ..Capabilities::default()
-        }
+        Capabilities::new()
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn provision(
@@ -111,15 +109,13 @@ impl BlockingRunnerAdapter for EchoRunner {
             .get(handle.handle_id())
             .map(|l| l.join("\n"))
             .unwrap_or_default();
-        Ok(ArtifactBundle {
-            artifacts: vec![Artifact {
-                name: "echo.log".into(),
-                kind: ArtifactKind::Log,
-                location: ArtifactLocation::Uri(format!("echo://{}", handle.handle_id())),
-                size: text.len() as u64,
-                sha256: sha256_bytes(text.as_bytes()),
-            }],
-        })
+        Ok(ArtifactBundle::new(vec![Artifact::new(
+            "echo.log",
+            ArtifactKind::Log,
+            ArtifactLocation::Uri(format!("echo://{}", handle.handle_id())),
+            text.len() as u64,
+            sha256_bytes(text.as_bytes()),
+        )]))
     }
 
     fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
@@ -128,7 +124,7 @@ impl BlockingRunnerAdapter for EchoRunner {
         Ok(())
     }
 
-    fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let live = self.lock();
         Ok(live
             .keys()

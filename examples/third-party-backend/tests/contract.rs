@@ -8,19 +8,13 @@ use runner_core::{BenchSpec, TestPayload};
 use third_party_backend::EchoRunner;
 
 fn payload(command: &str) -> TestPayload {
-    TestPayload {
-        command: vec![command.into()],
-        ..TestPayload::default()
-    }
+    TestPayload::new([command])
 }
 
 fn fixture() -> Fixture {
     Fixture::new(
         BenchSpec::default(),
-        BenchSpec {
-            backend: serde_json::json!({"greeting": 7}),
-            ..BenchSpec::default()
-        },
+        BenchSpec::new().with_backend(serde_json::json!({"greeting": 7})),
         "bench.backend.greeting",
         payload("true"),
         payload("false"),
