@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use runner_core::artifact::sha256_bytes;
 use runner_core::blocking::{Blocking, BlockingRunnerAdapter};
@@ -88,12 +89,33 @@ impl BlockingRunnerAdapter for EchoRunner {
             ));
         };
         log.push(line);
-        let status = if payload.command.first().is_some_and(|c| c == "false") {
-            TestStatus::Failed
-        } else {
-            TestStatus::Passed
+        drop(live);
+        let started = Instant::now();
+        let status = match payload.command.as_slice() {
+            [first, ..] if first == "false" => TestStatus::Failed,
+            // `sleep SECONDS`: wait, but stop as soon as the run is
+            // cancelled (blocking code checks the token in its loops).
+            [first, seconds] if first == "sleep" => {
+                let seconds: u64 = seconds.parse().map_err(|_| {
+                    ExecutionError::invalid_spec(
+                        ctx,
+                        "payload.command[1]",
+                        "not a number of seconds",
+                    )
+                })?;
+                let until = started + Duration::from_secs(seconds);
+                while !ctx.is_cancelled() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if ctx.is_cancelled() {
+                    TestStatus::Cancelled
+                } else {
+                    TestStatus::Passed
+                }
+            }
+            _ => TestStatus::Passed,
         };
-        Ok(TestResult::new(status, std::time::Duration::ZERO))
+        Ok(TestResult::new(status, started.elapsed()))
     }
 
     fn collect_artifacts(
