@@ -61,7 +61,7 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          tasks:\n  \
-         ci                          fmt check, clippy -D warnings, all tests, rustdoc -D warnings, contract suites, README main command\n  \
+         ci                          fmt check, clippy -D warnings, all tests, rustdoc -D warnings, contract suites, outside crate, README main command\n  \
          clippy                      cargo clippy --workspace --all-targets -D warnings (ci lints while it builds)\n  \
          contract [--backend NAME]   the contract suite of one backend (known: {})\n  \
          outside                     examples/third-party-backend copied out of the workspace, built and tested\n  \

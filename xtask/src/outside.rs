@@ -67,18 +67,23 @@ fn build_and_test(root: &Path, dir: &Path) -> Result<()> {
         cmd
     };
 
-    let tree = cargo()
+    // Per-package profile overrides only for packages in the build (cargo
+    // warns about the others).
+    let all = packages_of(cargo().args(["tree", "--edges", "all"]))?;
+    write(&dir.join("Cargo.toml"), &keep_profiles_of(&manifest, &all))?;
+
+    let library = cargo()
         .args(["tree", "--no-default-features", "--edges", "normal"])
         .args(["--prefix", "none", "--format", "{p}"])
         .output()
         .map_err(|e| format!("cannot run cargo tree: {e}"))?;
-    if !tree.status.success() {
+    if !library.status.success() {
         return Err(format!(
             "cargo tree of the outside crate failed: {}",
-            String::from_utf8_lossy(&tree.stderr)
+            String::from_utf8_lossy(&library.stderr)
         ));
     }
-    let project_crates: BTreeSet<String> = String::from_utf8_lossy(&tree.stdout)
+    let project_crates: BTreeSet<String> = String::from_utf8_lossy(&library.stdout)
         .lines()
         .filter(|l| l.contains(&format!("({}", root.display())))
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
@@ -234,6 +239,51 @@ fn outside_manifest(workspace: &str, member: &str, root: &Path) -> Result<String
     Ok(out)
 }
 
+/// The package names `cmd` (a `cargo tree`) lists.
+fn packages_of(cmd: &mut Command) -> Result<BTreeSet<String>> {
+    let out = cmd
+        .args(["--prefix", "none", "--format", "{p}"])
+        .output()
+        .map_err(|e| format!("cannot run cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree of the outside crate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// `manifest` without the `[profile.*.package.NAME]` tables of packages
+/// not in `packages`.
+fn keep_profiles_of(manifest: &str, packages: &BTreeSet<String>) -> String {
+    let mut out = String::new();
+    let mut keep = true;
+    for line in manifest.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            keep = match trimmed
+                .strip_prefix("[profile.")
+                .and_then(|rest| rest.split_once(".package."))
+            {
+                Some((_, name)) => {
+                    let name = name.trim_end_matches(']').trim_matches('"');
+                    name == "*" || packages.contains(name)
+                }
+                None => true,
+            };
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `key = value` lines of `table` in `text` (one-line entries only).
 fn section_entries(text: &str, table: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -332,6 +382,24 @@ mod tests {
         );
         assert!(out.contains("[profile.dev]\ndebug = false"), "{out}");
         assert!(!out.contains("workspace = true"), "{out}");
+        assert!(out.trim_end().ends_with("[workspace]"), "{out}");
+    }
+
+    #[test]
+    fn profiles_of_absent_packages_are_dropped() {
+        let manifest = "[package]\nname = \"x\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n\
+            [profile.dev.package.tokio]\nopt-level = 2\n[profile.dev.package.runner-local]\nopt-level = 2\n\n[workspace]\n";
+        let packages = BTreeSet::from(["tokio".to_owned(), "x".to_owned()]);
+        let out = keep_profiles_of(manifest, &packages);
+        assert!(
+            out.contains("[profile.dev.package.\"*\"]\ndebug = false"),
+            "{out}"
+        );
+        assert!(
+            out.contains("[profile.dev.package.tokio]\nopt-level = 2"),
+            "{out}"
+        );
+        assert!(!out.contains("runner-local"), "{out}");
         assert!(out.trim_end().ends_with("[workspace]"), "{out}");
     }
 
