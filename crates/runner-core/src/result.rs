@@ -5,6 +5,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How the test ended.
+///
+/// Exhaustive on purpose (unlike the structs here): every consumer decides
+/// what each status means (ack, requeue, exit code), so a new status must
+/// break their `match`es rather than fall into a wildcard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {
