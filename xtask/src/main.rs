@@ -4,7 +4,10 @@
 //!   rustdoc with `-D warnings`, the contract suite of every backend, and
 //!   the README's main command.
 //! - `cargo xtask contract [--backend NAME]`: the contract suite of one or all backends.
+//! - `cargo xtask outside`: examples/third-party-backend built and tested
+//!   as a crate outside the workspace (part of `ci`).
 
+mod outside;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +42,7 @@ fn try_main() -> Result<()> {
         Some("ci") => ci(),
         Some("contract") => contract(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("outside") => outside::outside(),
         Some("clippy") => run(
             "clippy",
             cargo()
@@ -57,9 +61,10 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          tasks:\n  \
-         ci                          fmt check, clippy -D warnings, all tests, rustdoc -D warnings, contract suites, README main command\n  \
+         ci                          fmt check, clippy -D warnings, all tests, rustdoc -D warnings, contract suites, outside crate, README main command\n  \
          clippy                      cargo clippy --workspace --all-targets -D warnings (ci lints while it builds)\n  \
          contract [--backend NAME]   the contract suite of one backend (known: {})\n  \
+         outside                     examples/third-party-backend copied out of the workspace, built and tested\n  \
          bench [NAME]                release-mode benchmarks with same-run baselines (known: {})\n",
         BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", "),
         BENCHES.join(", ")
@@ -161,6 +166,9 @@ fn ci() -> Result<()> {
         "contract suites (all backends)",
         linted_cargo().args(["test", "--workspace", "--test", "contract"]),
     )?;
+    // The backend author's path: the example as a crate outside the
+    // workspace, on the workspace's lock file and target directory.
+    outside::outside()?;
     readme_main_command()?;
     println!("ci passed in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())

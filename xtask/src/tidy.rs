@@ -12,15 +12,10 @@ mod tests {
     /// although it is longer than [`MAX_LINES`]: `//! Size: <the reason>`.
     const SIZE_MARKER: &str = "//! Size:";
 
-    /// TEMPORARY: files over [`MAX_LINES`] that are split in the kit branch
-    /// (issue 18), listed so this branch's check passes meanwhile. Empty this
-    /// list when the kit branch merges.
-    const SPLIT_IN_THE_KIT_BRANCH: &[&str] = &["crates/bench-sim/src/server.rs"];
-
     /// Whether `path` (relative to the root, `/`-separated) with `text` may be
     /// longer than [`MAX_LINES`]: a fake or an emulator under a `tests/`
     /// directory, generated code, a file whose top doc comment has a
-    /// [`SIZE_MARKER`] line, or one of [`SPLIT_IN_THE_KIT_BRANCH`].
+    /// [`SIZE_MARKER`] line.
     fn may_be_long(path: &str, text: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
         let test_double = (path.starts_with("tests/") || path.contains("/tests/"))
@@ -30,7 +25,7 @@ mod tests {
             .lines()
             .take_while(|l| l.starts_with("//!") || l.trim().is_empty())
             .any(|l| l.starts_with(SIZE_MARKER) && l.len() > SIZE_MARKER.len() + 10);
-        test_double || generated || says_why || SPLIT_IN_THE_KIT_BRANCH.contains(&path)
+        test_double || generated || says_why
     }
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

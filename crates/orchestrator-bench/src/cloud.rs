@@ -125,10 +125,7 @@ pub async fn warmpool() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let runner =
         runner_ec2::Ec2Runner::with_clients(ec2_config, ec2, ssm, s3).map_err(|e| e.to_string())?;
-    let cold_bench = BenchSpec {
-        backend: serde_json::json!({"pool": false}),
-        ..BenchSpec::default()
-    };
+    let cold_bench = BenchSpec::new().with_backend(serde_json::json!({"pool": false}));
     let warm_bench = BenchSpec::default();
     const ROUNDS: usize = 10;
     let mut cold = Vec::new();

@@ -51,12 +51,9 @@ fn mock_engine() -> Result<Arc<Engine>, String> {
 }
 
 fn mock_payload(duration_ms: u64) -> TestPayload {
-    TestPayload {
-        name: "bench".into(),
-        command: vec!["mock".into()],
-        backend: serde_json::json!({"duration_ms": duration_ms, "log_lines": 0}),
-        ..TestPayload::default()
-    }
+    TestPayload::new(["mock"])
+        .with_name("bench")
+        .with_backend(serde_json::json!({"duration_ms": duration_ms, "log_lines": 0}))
 }
 
 /// One lifecycle of execution `key` on the set, returning its latency.
@@ -253,10 +250,7 @@ async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String>
     );
     let config = WorkerConfig::from_yaml_str(&yaml).map_err(|e| e.to_string())?;
     let worker = Worker::new(config, &RunnerFactory::with_builtins(Metrics::new()))?;
-    let payload = TestPayload {
-        command: vec!["true".into()],
-        ..TestPayload::default()
-    };
+    let payload = TestPayload::new(["true"]);
     for i in 0..JOBS {
         let task = Task::new(
             format!("j{i}"),
@@ -395,10 +389,7 @@ async fn logs_on(base_dir: &std::path::Path, label: &str) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     let hwm_before = rss_kib("VmHWM:");
     let started = Instant::now();
-    let payload = TestPayload {
-        command: vec!["sh".into(), "-c".into(), script.clone()],
-        ..TestPayload::default()
-    };
+    let payload = TestPayload::new(["sh", "-c", script.as_str()]);
     runner
         .run_test(&ctx, &handle, &payload)
         .await

@@ -326,14 +326,8 @@ mod tests {
         .unwrap();
         let adapter = factory.create(&config).unwrap();
         let ctx = RunContext::new("e", "c");
-        let payload = TestPayload {
-            command: vec!["true".into()],
-            ..TestPayload::default()
-        };
-        let bench = BenchSpec {
-            backend: serde_json::json!({"memory_mb": 1}),
-            ..BenchSpec::default()
-        };
+        let payload = TestPayload::new(["true"]);
+        let bench = BenchSpec::new().with_backend(serde_json::json!({"memory_mb": 1}));
         let err = task(adapter.as_ref(), &ctx, &bench, &payload).unwrap_err();
         assert_eq!(err.field, "bench.backend.memory_mb");
         assert!(err.message.starts_with("must be between"), "{err}");
@@ -352,20 +346,14 @@ mod tests {
             ("[unclosed", false),
             ("", false),
         ] {
-            let payload = TestPayload {
-                artifacts: vec![pattern.into()],
-                ..TestPayload::default()
-            };
+            let payload = TestPayload::default().with_artifacts([pattern]);
             let result = payload_common(&payload);
             assert_eq!(result.is_ok(), ok, "{pattern:?}: {result:?}");
             if let Err(e) = result {
                 assert_eq!(e.field, "payload.artifacts[0]");
             }
         }
-        let zero = TestPayload {
-            timeout_seconds: Some(0),
-            ..TestPayload::default()
-        };
+        let zero = TestPayload::default().with_timeout_seconds(0);
         assert_eq!(
             payload_common(&zero).unwrap_err().field,
             "payload.timeout_seconds"

@@ -139,11 +139,8 @@ impl Fleet {
                 format!("mock-{i:03}"),
                 "local_mock",
                 Default::default(),
-                runner_core::TestPayload {
-                    command: vec!["mock".into()],
-                    backend: serde_json::json!({"duration_ms": 150}),
-                    ..Default::default()
-                },
+                runner_core::TestPayload::new(["mock"])
+                    .with_backend(serde_json::json!({"duration_ms": 150})),
             )
         };
         // Some quick ones, then the long local tests, so every worker has
@@ -169,11 +166,7 @@ impl Fleet {
             key,
             "local",
             Default::default(),
-            runner_core::TestPayload {
-                command: vec!["sh".into(), "-c".into(), script.into()],
-                env,
-                ..Default::default()
-            },
+            runner_core::TestPayload::new(["sh", "-c", script]).with_env_vars(env),
         )
     }
 }

@@ -56,11 +56,8 @@ fn fifty_sigkills_dead_letter_nothing() {
             format!("mock-{i:03}"),
             "local_mock",
             Default::default(),
-            runner_core::TestPayload {
-                command: vec!["mock".into()],
-                backend: serde_json::json!({"duration_ms": 40}),
-                ..Default::default()
-            },
+            runner_core::TestPayload::new(["mock"])
+                .with_backend(serde_json::json!({"duration_ms": 40})),
         ));
     }
     for i in 0..LOCAL {
@@ -68,10 +65,7 @@ fn fifty_sigkills_dead_letter_nothing() {
             format!("local-{i:03}"),
             "local",
             Default::default(),
-            runner_core::TestPayload {
-                command: vec!["sh".into(), "-c".into(), "sleep 0.1".into()],
-                ..Default::default()
-            },
+            runner_core::TestPayload::new(["sh", "-c", "sleep 0.1"]),
         ));
     }
     let backends = Backends {

@@ -13,8 +13,8 @@ use orchestrator_worker::engine::{Execution, ExecutionOutcome};
 use orchestrator_worker::policy::{Backoff, Disposition, decide};
 use runner_core::{
     ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ErrorKind, ExecutionError,
-    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
-    TestPayload, TestResult, TestStatus,
+    ListOwnedError, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle,
+    TeardownError, TestPayload, TestResult, TestStatus,
 };
 
 mock! {
@@ -27,7 +27,7 @@ mock! {
         async fn run_test(&self, ctx: &RunContext, handle: &RunnerHandle, payload: &TestPayload) -> Result<TestResult, ExecutionError>;
         async fn collect_artifacts(&self, ctx: &RunContext, handle: &RunnerHandle, payload: &TestPayload) -> Result<ArtifactBundle, ArtifactError>;
         async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError>;
-        async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError>;
+        async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError>;
     }
 }
 
@@ -47,10 +47,8 @@ fn handle() -> RunnerHandle {
 fn double(idempotent: bool) -> MockAdapter {
     let mut a = MockAdapter::new();
     a.expect_runner_type().return_const("double".to_owned());
-    a.expect_capabilities().return_const(Capabilities {
-        idempotent_teardown: idempotent,
-        ..Capabilities::default()
-    });
+    a.expect_capabilities()
+        .return_const(Capabilities::new().with_idempotent_teardown(idempotent));
     a
 }
 

@@ -24,11 +24,8 @@ fn mock_task(key: &str, duration_ms: u64) -> Task {
         key,
         "local_mock",
         Default::default(),
-        runner_core::TestPayload {
-            command: vec!["mock".into()],
-            backend: serde_json::json!({"duration_ms": duration_ms}),
-            ..Default::default()
-        },
+        runner_core::TestPayload::new(["mock"])
+            .with_backend(serde_json::json!({"duration_ms": duration_ms})),
     )
 }
 

@@ -155,10 +155,7 @@ async fn an_ack_that_fails_twice_then_succeeds_settles_the_task_once() {
         "flaky-ack",
         "local_mock",
         Default::default(),
-        runner_core::TestPayload {
-            command: vec!["mock".into()],
-            ..Default::default()
-        },
+        runner_core::TestPayload::new(["mock"]),
     );
     flaky.enqueue(&task).await.unwrap();
     let state = serve_until_settled(&worker, &lite, "flaky-ack").await;
@@ -202,14 +199,7 @@ async fn a_run_past_the_runners_limit_settles_once_as_timed_out_under_serve() {
         "hangs",
         "local",
         Default::default(),
-        runner_core::TestPayload {
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo partial; exec sleep 30".into(),
-            ],
-            ..Default::default()
-        },
+        runner_core::TestPayload::new(["sh", "-c", "echo partial; exec sleep 30"]),
     );
     worker.queue().enqueue(&task).await.unwrap();
     let state = serve_until_settled(&worker, &**worker.store(), "hangs").await;

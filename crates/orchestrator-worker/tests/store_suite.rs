@@ -86,11 +86,7 @@ fn task(key: &str) -> Task {
         key,
         "local_mock",
         Default::default(),
-        runner_core::TestPayload {
-            name: format!("payload-{key}"),
-            command: vec!["mock".into()],
-            ..Default::default()
-        },
+        runner_core::TestPayload::new(["mock"]).with_name(format!("payload-{key}")),
     );
     t.correlation_id = Some("pipeline-7".into());
     t

@@ -498,13 +498,13 @@ impl ArtifactStore {
                 )
             })?;
             let sha256 = self.sha256_of(&object.key).await?;
-            bundle.artifacts.push(Artifact {
-                name: name.to_string(),
-                kind: kind_of(name),
-                location: ArtifactLocation::Uri(self.uri(&object.key).to_string()),
-                size: object.size,
+            bundle.artifacts.push(Artifact::new(
+                name,
+                kind_of(name),
+                ArtifactLocation::Uri(self.uri(&object.key).to_string()),
+                object.size,
                 sha256,
-            });
+            ));
         }
         Ok(bundle)
     }

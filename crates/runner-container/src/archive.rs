@@ -290,13 +290,13 @@ fn write_file(
         output.write_all(&window)?;
     }
     output.inner.flush()?;
-    Ok(Artifact {
-        name: name.to_owned(),
-        kind: ArtifactKind::File,
-        location: ArtifactLocation::Local(target.to_path_buf()),
-        size: output.size,
-        sha256: hex::encode(output.hasher.finalize()),
-    })
+    Ok(Artifact::new(
+        name,
+        ArtifactKind::File,
+        ArtifactLocation::Local(target.to_path_buf()),
+        output.size,
+        hex::encode(output.hasher.finalize()),
+    ))
 }
 
 struct HashingWriter<W> {

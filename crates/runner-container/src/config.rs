@@ -570,10 +570,7 @@ mod tests {
 
     #[test]
     fn payload_checks() {
-        let mut payload = TestPayload {
-            command: vec!["true".into()],
-            ..TestPayload::default()
-        };
+        let mut payload = TestPayload::new(["true"]);
         assert_eq!(check_payload(&payload), Ok(()));
         payload.working_dir = Some("rel".into());
         assert_eq!(

@@ -106,10 +106,7 @@ async fn a_memory_limit_kills_the_test_with_a_diagnosis() {
     let dir = tempfile::tempdir().unwrap();
     let runner = common::runner(dir.path());
     let ctx = common::ctx("oom");
-    let bench = BenchSpec {
-        backend: serde_json::json!({"memory_mb": 32}),
-        ..BenchSpec::default()
-    };
+    let bench = BenchSpec::new().with_backend(serde_json::json!({"memory_mb": 32}));
     let handle = runner.provision(&ctx, &bench).await.unwrap();
     // 100 MB in a shell variable: far over 32 MiB.
     let payload = common::sh("x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived");
@@ -281,10 +278,7 @@ async fn network_none_has_no_route_and_read_only_root_keeps_artifacts_writable()
     // Room for every line: the sink is read after the run.
     let (sink, mut rx) = LogSink::channel(1024);
     let ctx = common::ctx("net").with_log_sink(sink);
-    let bench = BenchSpec {
-        backend: serde_json::json!({"read_only_rootfs": true}),
-        ..BenchSpec::default()
-    };
+    let bench = BenchSpec::new().with_backend(serde_json::json!({"read_only_rootfs": true}));
     let handle = runner.provision(&ctx, &bench).await.unwrap();
     let payload = common::sh(
         "echo links=$(ip -o link | grep -vc ' lo:'); \
@@ -406,10 +400,9 @@ async fn an_unreachable_engine_is_transient_and_a_missing_image_permanent() {
     assert!(err.message().contains("unreachable"), "{err}");
 
     let runner = common::runner(dir.path());
-    let missing = BenchSpec {
-        backend: serde_json::json!({"image": "localhost/orch-no-such-image:1", "pull": "never"}),
-        ..BenchSpec::default()
-    };
+    let missing = BenchSpec::new().with_backend(
+        serde_json::json!({"image": "localhost/orch-no-such-image:1", "pull": "never"}),
+    );
     let err = runner.provision(&ctx, &missing).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
     assert!(
@@ -438,10 +431,7 @@ async fn validate_refuses_unknown_keys_and_out_of_range_numbers() {
         ),
         (serde_json::json!({"user": "root"}), "bench.backend.user"),
     ] {
-        let bench = BenchSpec {
-            backend: backend.clone(),
-            ..BenchSpec::default()
-        };
+        let bench = BenchSpec::new().with_backend(backend.clone());
         let err = runner.validate(&ctx, &bench, &payload).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidSpec, "{backend}");
         assert!(

@@ -26,6 +26,11 @@ pub use support::{ContractFailure, Outcome};
 /// Generate one `#[tokio::test]` per contract check for an adapter.
 ///
 /// `adapter` is an expression evaluated afresh for each test; `fixture` too.
+/// The adapter is either a concrete type implementing
+/// [`RunnerAdapter`](runner_core::RunnerAdapter) (the bare backend) or any
+/// pointer to one, `Arc<dyn RunnerAdapter>` included: what the worker's
+/// factory hands out, with its time limits, panic guard and error context
+/// around the backend. Test both (see `docs/adapters/writing-a-backend.md`).
 /// Backends that need per-test services use `setup = <future>` instead of
 /// `adapter`: the future yields `(adapter, guard)` and the guard lives until
 /// the test ends (an emulator it started, say).
@@ -60,10 +65,74 @@ macro_rules! contract_tests {
                 // The guard keeps per-test services (emulators) alive.
                 let (adapter, _guard) = $setup.await;
                 let fixture = $fixture;
-                if let Err(failure) = $crate::$check(&adapter, &fixture).await {
+                #[allow(unused_imports)]
+                use $crate::__private::{ByPointer as _, ByValue as _};
+                let subject = (&$crate::__private::Subject(&adapter)).adapter();
+                if let Err(failure) = $crate::$check(subject, &fixture).await {
                     panic!("{failure}");
                 }
             }
         )*
     };
+}
+
+/// What [`contract_tests!`] uses to take a concrete adapter and a pointer
+/// to one alike (method resolution tries the pointer form first); not
+/// part of the API.
+#[doc(hidden)]
+pub mod __private {
+    use std::ops::Deref;
+
+    use runner_core::RunnerAdapter;
+
+    /// The adapter expression under test, borrowed.
+    pub struct Subject<'a, T>(pub &'a T);
+
+    /// A pointer to an adapter (`Arc<dyn RunnerAdapter>`, `Box<...>`, `&A`).
+    pub trait ByPointer<'a> {
+        /// The adapter it points at.
+        fn adapter(self) -> &'a dyn RunnerAdapter;
+    }
+
+    impl<'a, P> ByPointer<'a> for &Subject<'a, P>
+    where
+        P: Deref,
+        P::Target: AsDyn,
+    {
+        fn adapter(self) -> &'a dyn RunnerAdapter {
+            let target: &'a P::Target = self.0;
+            // Unsize a concrete target; a `dyn` target is already one.
+            target.as_dyn()
+        }
+    }
+
+    /// An adapter held by value.
+    pub trait ByValue<'a> {
+        /// The adapter itself.
+        fn adapter(self) -> &'a dyn RunnerAdapter;
+    }
+
+    impl<'a, A: RunnerAdapter> ByValue<'a> for &&Subject<'a, A> {
+        fn adapter(self) -> &'a dyn RunnerAdapter {
+            self.0
+        }
+    }
+
+    /// `&T` to `&dyn RunnerAdapter` for sized and unsized `T`.
+    pub trait AsDyn {
+        /// The trait object.
+        fn as_dyn(&self) -> &dyn RunnerAdapter;
+    }
+
+    impl<A: RunnerAdapter> AsDyn for A {
+        fn as_dyn(&self) -> &dyn RunnerAdapter {
+            self
+        }
+    }
+
+    impl AsDyn for dyn RunnerAdapter {
+        fn as_dyn(&self) -> &dyn RunnerAdapter {
+            self
+        }
+    }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use runner_contract::{Fixture, run_all};
 use runner_core::{
-    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, OwnedResource,
-    ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError, TestPayload,
-    TestResult,
+    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, ListOwnedError,
+    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
+    TestPayload, TestResult,
 };
 use runner_mock::{LocalMockRunner, fixtures};
 
@@ -105,7 +105,7 @@ impl RunnerAdapter for Broken {
         }
         self.inner.teardown(ctx, handle).await
     }
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         self.inner.list_owned(ctx).await
     }
 }

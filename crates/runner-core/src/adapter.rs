@@ -1,4 +1,104 @@
 //! The `RunnerAdapter` trait: one interface for every execution backend.
+//!
+//! # A minimal backend, end to end
+//!
+//! A backend implements the trait, exports `register`, and is created by
+//! runner type from a registry; the worker then drives the lifecycle
+//! (here by hand: provision, run, collect, teardown).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use runner_core::{
+//!     ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, ProvisionError,
+//!     RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, RunnerRegistry, TeardownError,
+//!     TestPayload, TestResult, TestStatus, async_trait,
+//! };
+//!
+//! /// Runs nothing: every test passes at once.
+//! #[derive(Debug)]
+//! struct Instant;
+//!
+//! #[async_trait]
+//! impl RunnerAdapter for Instant {
+//!     fn runner_type(&self) -> &str {
+//!         "instant"
+//!     }
+//!
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities::new().with_idempotent_teardown(true)
+//!     }
+//!
+//!     async fn provision(
+//!         &self,
+//!         ctx: &RunContext,
+//!         _bench: &BenchSpec,
+//!     ) -> Result<RunnerHandle, ProvisionError> {
+//!         // The handle is plain data: all that teardown will need.
+//!         RunnerHandle::new("instant", ctx.execution_key(), ctx.execution_id(), &())
+//!             .map_err(|e| ProvisionError::permanent(ctx, e.to_string()))
+//!     }
+//!
+//!     async fn run_test(
+//!         &self,
+//!         ctx: &RunContext,
+//!         handle: &RunnerHandle,
+//!         payload: &TestPayload,
+//!     ) -> Result<TestResult, ExecutionError> {
+//!         // A handle of another backend is a permanent error, never a panic.
+//!         handle.decode_in::<(), _>(ctx, "instant")?;
+//!         let status = match payload.command.first().map(String::as_str) {
+//!             Some("false") => TestStatus::Failed,
+//!             _ => TestStatus::Passed,
+//!         };
+//!         Ok(TestResult::new(status, Duration::ZERO))
+//!     }
+//!
+//!     async fn collect_artifacts(
+//!         &self,
+//!         _ctx: &RunContext,
+//!         _handle: &RunnerHandle,
+//!         _payload: &TestPayload,
+//!     ) -> Result<ArtifactBundle, ArtifactError> {
+//!         Ok(ArtifactBundle::default())
+//!     }
+//!
+//!     async fn teardown(&self, _ctx: &RunContext, _handle: &RunnerHandle) -> Result<(), TeardownError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! /// What the backend crate exports.
+//! pub fn register(registry: &mut RunnerRegistry) {
+//!     registry.register("instant", |_config| Ok(Arc::new(Instant)));
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let registry = RunnerRegistry::with(&[register]);
+//! let adapter = registry.create(&RunnerConfig::new("instant")).unwrap();
+//!
+//! let ctx = RunContext::new("exec-1", "corr-1").with_execution_key("key-1");
+//! let handle = adapter.provision(&ctx, &BenchSpec::new()).await.unwrap();
+//! let result = adapter
+//!     .run_test(&ctx, &handle, &TestPayload::new(["true"]))
+//!     .await
+//!     .unwrap();
+//! assert!(result.passed());
+//! let bundle = adapter
+//!     .collect_artifacts(&ctx, &handle, &TestPayload::new(["true"]))
+//!     .await
+//!     .unwrap();
+//! assert!(bundle.artifacts.is_empty());
+//! adapter.teardown(&ctx, &handle).await.unwrap();
+//! // Idempotent teardown, as declared.
+//! adapter.teardown(&ctx, &handle).await.unwrap();
+//! assert!(adapter.list_owned(&ctx).await.unwrap().is_empty());
+//! # });
+//! ```
+//!
+//! A backend outside this workspace follows docs/adapters/writing-a-backend.md
+//! and checks itself with the `runner-contract` suite.
 
 use std::fmt::Debug;
 
@@ -6,13 +106,41 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::ArtifactBundle;
 use crate::context::RunContext;
-use crate::error::{ArtifactError, ExecutionError, ProvisionError, TeardownError};
+use crate::error::{ArtifactError, ExecutionError, ListOwnedError, ProvisionError, TeardownError};
 use crate::handle::RunnerHandle;
 use crate::result::TestResult;
 use crate::spec::{BenchSpec, TestPayload};
 
 /// What a backend can do; the worker and the contract suite choose by it.
+///
+/// `#[non_exhaustive]`: a backend outside this crate builds it with
+/// [`Capabilities::new`] and the `with_*` methods, so a capability added
+/// later (off by default) does not break it:
+///
+/// ```
+/// use runner_core::Capabilities;
+///
+/// let caps = Capabilities::new()
+///     .with_live_logs(true)
+///     .with_idempotent_teardown(true)
+///     .with_max_concurrency(4);
+/// assert!(caps.live_logs && !caps.warm_pool);
+/// assert_eq!(caps.max_concurrency, Some(4));
+/// ```
+///
+/// A struct literal does not compile outside this crate:
+///
+/// ```compile_fail,E0639
+/// let caps = runner_core::Capabilities {
+///     warm_pool: false,
+///     live_logs: true,
+///     idempotent_teardown: true,
+///     leak_listing: false,
+///     max_concurrency: None,
+/// };
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// `provision` may claim a pre-started environment.
     pub warm_pool: bool,
@@ -24,6 +152,50 @@ pub struct Capabilities {
     pub leak_listing: bool,
     /// How many executions the backend supports at once, if limited.
     pub max_concurrency: Option<usize>,
+}
+
+impl Capabilities {
+    /// Nothing declared: no warm pool, no live logs, teardown not
+    /// idempotent, no leak listing, no concurrency limit.
+    pub const fn new() -> Self {
+        Self {
+            warm_pool: false,
+            live_logs: false,
+            idempotent_teardown: false,
+            leak_listing: false,
+            max_concurrency: None,
+        }
+    }
+
+    /// Whether `provision` may claim a pre-started environment.
+    pub const fn with_warm_pool(mut self, yes: bool) -> Self {
+        self.warm_pool = yes;
+        self
+    }
+
+    /// Whether `run_test` streams output while the test runs.
+    pub const fn with_live_logs(mut self, yes: bool) -> Self {
+        self.live_logs = yes;
+        self
+    }
+
+    /// Whether `teardown` of a released handle succeeds.
+    pub const fn with_idempotent_teardown(mut self, yes: bool) -> Self {
+        self.idempotent_teardown = yes;
+        self
+    }
+
+    /// Whether `list_owned` reports what the backend holds.
+    pub const fn with_leak_listing(mut self, yes: bool) -> Self {
+        self.leak_listing = yes;
+        self
+    }
+
+    /// At most `limit` executions at once.
+    pub const fn with_max_concurrency(mut self, limit: usize) -> Self {
+        self.max_concurrency = Some(limit);
+        self
+    }
 }
 
 /// A resource a backend holds, as reported by [`RunnerAdapter::list_owned`].
@@ -201,7 +373,7 @@ pub trait RunnerAdapter: Send + Sync + Debug + 'static {
     /// # Behavior
     /// - Backends without `leak_listing` return an empty list.
     /// - Each entry carries a handle that `teardown` accepts.
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let _ = ctx;
         Ok(Vec::new())
     }

@@ -27,7 +27,11 @@ pub enum ArtifactLocation {
 }
 
 /// One collected artifact.
+///
+/// `#[non_exhaustive]`: built with [`Artifact::new`] or
+/// [`Artifact::from_local_file`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Artifact {
     /// Relative name; never absolute, never containing `..` (see [`crate::safe_path`]).
     pub name: String,
@@ -42,13 +46,21 @@ pub struct Artifact {
 }
 
 /// Everything collected for one execution.
+///
+/// Built with [`ArtifactBundle::new`] (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ArtifactBundle {
     /// The artifacts, logs first.
     pub artifacts: Vec<Artifact>,
 }
 
 impl ArtifactBundle {
+    /// A bundle of `artifacts`, logs first.
+    pub fn new(artifacts: Vec<Artifact>) -> Self {
+        Self { artifacts }
+    }
+
     /// Total bytes.
     pub fn total_size(&self) -> u64 {
         self.artifacts.iter().map(|a| a.size).sum()
@@ -61,6 +73,24 @@ impl ArtifactBundle {
 }
 
 impl Artifact {
+    /// An artifact called `name` of `kind` at `location`, of `size` bytes
+    /// whose lower-case hex sha256 is `sha256`.
+    pub fn new(
+        name: impl Into<String>,
+        kind: ArtifactKind,
+        location: ArtifactLocation,
+        size: u64,
+        sha256: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            location,
+            size,
+            sha256: sha256.into(),
+        }
+    }
+
     /// Describe a local file, hashing it.
     pub fn from_local_file(
         name: impl Into<String>,

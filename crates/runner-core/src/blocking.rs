@@ -10,7 +10,9 @@ use std::sync::Arc;
 use crate::adapter::{Capabilities, OwnedResource, RunnerAdapter};
 use crate::artifact::ArtifactBundle;
 use crate::context::RunContext;
-use crate::error::{ArtifactError, ExecutionError, ProvisionError, RunnerError, TeardownError};
+use crate::error::{
+    ArtifactError, ExecutionError, ListOwnedError, ProvisionError, RunnerError, TeardownError,
+};
 use crate::handle::RunnerHandle;
 use crate::phase::PhaseMarker;
 use crate::result::TestResult;
@@ -45,7 +47,7 @@ pub trait BlockingRunnerAdapter: Send + Sync + Debug + 'static {
     /// See [`RunnerAdapter::teardown`].
     fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError>;
     /// See [`RunnerAdapter::list_owned`].
-    fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let _ = ctx;
         Ok(Vec::new())
     }
@@ -133,7 +135,7 @@ impl<B: BlockingRunnerAdapter> RunnerAdapter for Blocking<B> {
         on_pool(&self.inner, ctx, move |b, ctx| b.teardown(ctx, &handle)).await
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         on_pool(&self.inner, ctx, |b, ctx| b.list_owned(ctx)).await
     }
 }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::RunContext;
 use crate::phase::{
-    CollectArtifactsPhase, Phase, PhaseMarker, ProvisionPhase, RunTestPhase, TeardownPhase,
+    CollectArtifactsPhase, ListOwnedPhase, Phase, PhaseMarker, ProvisionPhase, RunTestPhase,
+    TeardownPhase,
 };
 
 /// How a failure should be treated. The backend classifies; the worker decides.
@@ -104,6 +105,10 @@ pub type ExecutionError = RunnerError<RunTestPhase>;
 pub type ArtifactError = RunnerError<CollectArtifactsPhase>;
 /// Failure to release an environment.
 pub type TeardownError = RunnerError<TeardownPhase>;
+/// Failure to list the resources a backend holds
+/// ([`crate::RunnerAdapter::list_owned`]): the same kind, retryability and
+/// ids as the phase errors, named `list_owned` in messages.
+pub type ListOwnedError = RunnerError<ListOwnedPhase>;
 
 impl<P: PhaseMarker> RunnerError<P> {
     /// A new error of `kind`, carrying the ids of `ctx`.
@@ -209,9 +214,15 @@ impl<P: PhaseMarker> RunnerError<P> {
         }
     }
 
-    /// The phase that failed.
+    /// The phase that failed (for a [`ListOwnedError`], teardown: the
+    /// phase whose limit bounds it).
     pub fn phase(&self) -> Phase {
         P::PHASE
+    }
+
+    /// The name of the call that failed: the phase's, or `list_owned`.
+    pub fn call(&self) -> &'static str {
+        P::NAME
     }
 
     /// The classification the backend gave.
@@ -299,7 +310,7 @@ impl<P: PhaseMarker> fmt::Display for RunnerError<P> {
         write!(
             f,
             "{} failed ({}): {}",
-            P::PHASE,
+            P::NAME,
             self.inner.kind,
             self.inner.message
         )?;
@@ -379,5 +390,21 @@ mod tests {
         let moved: TeardownError = err.into_phase();
         assert_eq!(moved.phase(), Phase::Teardown);
         assert_eq!(moved.backend(), Some("ec2"));
+    }
+
+    #[test]
+    fn list_owned_errors_are_named_for_their_call() {
+        let ctx = RunContext::new("exec-2", "corr-3");
+        let err = ListOwnedError::capacity(&ctx, "throttled");
+        assert!(err.is_retryable());
+        assert_eq!(err.call(), "list_owned");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("list_owned failed (capacity): throttled"),
+            "{text}"
+        );
+        assert!(text.contains("exec-2") && text.contains("corr-3"), "{text}");
+        let teardown = TeardownError::permanent(&ctx, "gone");
+        assert_eq!(teardown.call(), "teardown");
     }
 }

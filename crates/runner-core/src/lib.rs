@@ -26,7 +26,8 @@ pub use backoff::Backoff;
 pub use config::{ConfigError, PhaseTimeouts, RunnerConfig};
 pub use context::{LogBatch, LogLine, LogReceiver, LogSink, LogStream, RunContext};
 pub use error::{
-    ArtifactError, ErrorKind, ExecutionError, ProvisionError, RunnerError, TeardownError,
+    ArtifactError, ErrorKind, ExecutionError, ListOwnedError, ProvisionError, RunnerError,
+    TeardownError,
 };
 pub use handle::{HandleError, RunnerHandle};
 pub use phase::{Phase, PhaseMarker};

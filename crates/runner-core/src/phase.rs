@@ -28,7 +28,7 @@ impl Phase {
     ];
 
     /// The snake_case name used in logs, metrics and span names.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Phase::Provision => "provision",
             Phase::RunTest => "run_test",
@@ -46,17 +46,23 @@ impl fmt::Display for Phase {
 
 /// Type-level marker that ties an error type to its phase.
 pub trait PhaseMarker: Send + Sync + 'static {
-    /// The phase this marker stands for.
+    /// The phase this marker stands for: whose time limit and budget the
+    /// call shares.
     const PHASE: Phase;
+    /// The name of the call in messages (`teardown failed ...`); the
+    /// phase's name unless the call is not a phase of its own
+    /// ([`ListOwnedPhase`]).
+    const NAME: &'static str = Self::PHASE.as_str();
 }
 
 macro_rules! marker {
-    ($(#[$doc:meta])* $name:ident => $phase:expr) => {
+    ($(#[$doc:meta])* $name:ident => $phase:expr $(, $call:literal)?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub struct $name;
         impl PhaseMarker for $name {
             const PHASE: Phase = $phase;
+            $(const NAME: &'static str = $call;)?
         }
     };
 }
@@ -76,4 +82,10 @@ marker!(
 marker!(
     /// Marker for [`Phase::Teardown`].
     TeardownPhase => Phase::Teardown
+);
+marker!(
+    /// Marker for `list_owned`: not a lifecycle phase, but bounded by the
+    /// teardown limit, so its [`PhaseMarker::PHASE`] is
+    /// [`Phase::Teardown`]; its errors are named `list_owned`.
+    ListOwnedPhase => Phase::Teardown, "list_owned"
 );

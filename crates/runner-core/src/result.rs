@@ -5,6 +5,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How the test ended.
+///
+/// Exhaustive on purpose (unlike the structs here): every consumer decides
+/// what each status means (ack, requeue, exit code), so a new status must
+/// break their `match`es rather than fall into a wildcard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {
@@ -34,7 +38,10 @@ impl TestStatus {
 }
 
 /// Test case counts, where the backend knows them.
+///
+/// Built with [`TestCounts::new`] (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TestCounts {
     /// Cases that passed.
     pub passed: u32,
@@ -44,8 +51,22 @@ pub struct TestCounts {
     pub skipped: u32,
 }
 
+impl TestCounts {
+    /// Counts of passed, failed and skipped cases.
+    pub const fn new(passed: u32, failed: u32, skipped: u32) -> Self {
+        Self {
+            passed,
+            failed,
+            skipped,
+        }
+    }
+}
+
 /// A short explanation of a non-passing result, from the layer that failed.
+///
+/// Built with [`Diagnosis::new`] (`#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Diagnosis {
     /// The layer: `test` (the test itself), `runner`, `infrastructure`, `timeout`...
     pub layer: String,
@@ -53,8 +74,34 @@ pub struct Diagnosis {
     pub message: String,
 }
 
+impl Diagnosis {
+    /// A diagnosis from `layer` (`test`, `runner`, `infrastructure`,
+    /// `timeout`...) saying `message`.
+    pub fn new(layer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            layer: layer.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// What `run_test` returns when the test ran, whatever its outcome.
+///
+/// `#[non_exhaustive]`: built with [`TestResult::new`] or
+/// [`TestResult::from_exit_code`] and the `with_*` methods.
+///
+/// ```
+/// use std::time::Duration;
+/// use runner_core::{TestCounts, TestResult, TestStatus};
+///
+/// let result = TestResult::new(TestStatus::Failed, Duration::from_secs(3))
+///     .with_exit_code(2)
+///     .with_counts(TestCounts::new(9, 1, 0))
+///     .with_diagnosis("test", "1 case failed");
+/// assert_eq!(result.exit_code, Some(2));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TestResult {
     /// How it ended.
     pub status: TestStatus,
@@ -95,20 +142,29 @@ impl TestResult {
         );
         result.exit_code = Some(code);
         if code != 0 {
-            result.diagnosis = Some(Diagnosis {
-                layer: "test".into(),
-                message: format!("test exited with code {code}"),
-            });
+            result.diagnosis = Some(Diagnosis::new(
+                "test",
+                format!("test exited with code {code}"),
+            ));
         }
         result
     }
 
     /// Add a diagnosis.
     pub fn with_diagnosis(mut self, layer: impl Into<String>, message: impl Into<String>) -> Self {
-        self.diagnosis = Some(Diagnosis {
-            layer: layer.into(),
-            message: message.into(),
-        });
+        self.diagnosis = Some(Diagnosis::new(layer, message));
+        self
+    }
+
+    /// Set the process exit code (the status is left as it is).
+    pub fn with_exit_code(mut self, code: i32) -> Self {
+        self.exit_code = Some(code);
+        self
+    }
+
+    /// Set the case counts.
+    pub fn with_counts(mut self, counts: TestCounts) -> Self {
+        self.counts = Some(counts);
         self
     }
 

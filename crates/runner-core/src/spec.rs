@@ -28,8 +28,12 @@ pub struct SpecError {
 ///
 /// Common fields are typed; `backend` is the section that the chosen backend
 /// decodes into its own config with [`decode_section`].
+///
+/// `#[non_exhaustive]`: parsed with [`BenchSpec::from_yaml`], or built
+/// with [`BenchSpec::new`] and the `with_*` methods.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BenchSpec {
     /// A human name for the bench (shown in logs and reports).
     #[serde(default)]
@@ -218,8 +222,23 @@ impl fmt::Debug for EnvVar {
 }
 
 /// What to run: a command, its environment, its time limit and what to keep.
+///
+/// `#[non_exhaustive]`: parsed with [`TestPayload::from_yaml`], or built
+/// with [`TestPayload::new`] and the `with_*` methods:
+///
+/// ```
+/// use runner_core::{EnvVar, TestPayload};
+///
+/// let payload = TestPayload::new(["cargo", "test"])
+///     .with_name("unit")
+///     .with_env("RUST_LOG", EnvVar::Plain("debug".into()))
+///     .with_timeout_seconds(600)
+///     .with_artifacts(["target/*.xml"]);
+/// assert_eq!(payload.command, ["cargo", "test"]);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TestPayload {
     /// A name for reports (JUnit test name).
     #[serde(default)]
@@ -251,6 +270,79 @@ pub struct TestPayload {
 }
 
 impl TestPayload {
+    /// A payload running `command` (argv; `command[0]` is the program),
+    /// everything else empty.
+    pub fn new<S: Into<String>>(command: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            command: command.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Replace the command.
+    pub fn with_command<S: Into<String>>(mut self, command: impl IntoIterator<Item = S>) -> Self {
+        self.command = command.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Name it (the JUnit test name).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Run the command joined with spaces through `sh -c`.
+    pub fn with_shell(mut self, shell: bool) -> Self {
+        self.shell = shell;
+        self
+    }
+
+    /// Add (or replace) the environment variable `name`.
+    pub fn with_env(mut self, name: impl Into<String>, value: EnvVar) -> Self {
+        self.env.insert(name.into(), value);
+        self
+    }
+
+    /// Add (or replace) several environment variables.
+    pub fn with_env_vars<K: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, EnvVar)>,
+    ) -> Self {
+        self.env
+            .extend(vars.into_iter().map(|(name, value)| (name.into(), value)));
+        self
+    }
+
+    /// The test package (a directory or archive path, or a URI).
+    pub fn with_package(mut self, package: impl Into<String>) -> Self {
+        self.package = Some(package.into());
+        self
+    }
+
+    /// The working directory, relative to the package root.
+    pub fn with_working_dir(mut self, dir: impl Into<String>) -> Self {
+        self.working_dir = Some(dir.into());
+        self
+    }
+
+    /// The test's own time limit.
+    pub fn with_timeout_seconds(mut self, seconds: u64) -> Self {
+        self.timeout_seconds = Some(seconds);
+        self
+    }
+
+    /// Add glob patterns of files to keep.
+    pub fn with_artifacts<S: Into<String>>(mut self, globs: impl IntoIterator<Item = S>) -> Self {
+        self.artifacts.extend(globs.into_iter().map(Into::into));
+        self
+    }
+
+    /// The backend's own section.
+    pub fn with_backend(mut self, section: serde_json::Value) -> Self {
+        self.backend = section;
+        self
+    }
+
     /// A redactor for every secret value in `env`.
     pub fn redactor(&self) -> Redactor {
         Redactor::new(
@@ -295,6 +387,35 @@ pub fn from_yaml_file<T: DeserializeOwned>(path: &Path) -> Result<T, SpecError> 
 }
 
 impl BenchSpec {
+    /// An empty bench: no name, no runner, no labels, no backend section.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Name it (shown in logs and reports).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The runner type it needs.
+    pub fn with_runner(mut self, runner: impl Into<String>) -> Self {
+        self.runner = Some(runner.into());
+        self
+    }
+
+    /// Add (or replace) the label `key`.
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The backend's own section.
+    pub fn with_backend(mut self, section: serde_json::Value) -> Self {
+        self.backend = section;
+        self
+    }
+
     /// Parse a bench spec from YAML.
     pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
         from_yaml_str(text, "bench")

@@ -1,7 +1,7 @@
 //! Teardown (the environment files first, then the instance or its return
 //! to the pool) and leak listing by tag.
 
-use runner_core::{OwnedResource, RunContext, RunnerHandle, TeardownError};
+use runner_core::{ListOwnedError, OwnedResource, RunContext, RunnerHandle, TeardownError};
 
 use crate::instances::{LIVE_STATES, now_secs, tags};
 use crate::{Ec2Runner, Ec2State, RUNNER_TYPE, pool};
@@ -111,7 +111,7 @@ impl Ec2Runner {
     pub(crate) async fn list_owned_impl(
         &self,
         ctx: &RunContext,
-    ) -> Result<Vec<OwnedResource>, TeardownError> {
+    ) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let clients = self.clients().await;
         let instances = clients
             .ops
@@ -139,7 +139,7 @@ impl Ec2Runner {
                     pool: instance.tag(tags::POOL).map(str::to_string),
                 },
             )
-            .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
+            .map_err(|e| ListOwnedError::permanent(ctx, e.to_string()))?;
             let mut resource = OwnedResource::new(&instance.id, handle)
                 .with_execution_id(execution_id)
                 .with_execution_key(key)

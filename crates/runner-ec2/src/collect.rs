@@ -68,15 +68,13 @@ impl Ec2Runner {
             }
             bundle.artifacts.insert(
                 0,
-                runner_core::Artifact {
+                runner_core::Artifact::new(
                     name,
-                    kind: ArtifactKind::Log,
-                    location: runner_core::ArtifactLocation::Uri(
-                        store.uri(&output_key).to_string(),
-                    ),
+                    ArtifactKind::Log,
+                    runner_core::ArtifactLocation::Uri(store.uri(&output_key).to_string()),
                     size,
                     sha256,
-                },
+                ),
             );
         }
         Ok(bundle)

@@ -17,8 +17,8 @@ use std::time::Duration;
 use runner_aws::{ArtifactStore, AwsError, S3Uri};
 use runner_core::{
     ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ConfigError, ExecutionError,
-    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle,
-    TeardownError, TestPayload, TestResult, async_trait, decode_spec,
+    ListOwnedError, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig,
+    RunnerHandle, TeardownError, TestPayload, TestResult, async_trait, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
@@ -218,13 +218,11 @@ impl RunnerAdapter for Ec2Runner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            warm_pool: self.inner.config.pool.is_some(),
-            live_logs: true,
-            idempotent_teardown: true,
-            leak_listing: true,
-            max_concurrency: None,
-        }
+        Capabilities::new()
+            .with_warm_pool(self.inner.config.pool.is_some())
+            .with_live_logs(true)
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn validate(
@@ -360,7 +358,7 @@ impl RunnerAdapter for Ec2Runner {
         self.teardown_impl(ctx, handle).await
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         self.list_owned_impl(ctx).await
     }
 }

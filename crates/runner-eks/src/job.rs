@@ -315,20 +315,16 @@ mod tests {
     #[test]
     fn the_job_is_locked_down_and_keeps_secrets_out() {
         let config = config();
-        let payload = TestPayload {
-            command: vec!["echo".into(), "hi".into()],
-            env: BTreeMap::from([
-                ("PLAIN".to_string(), EnvVar::Plain("p".into())),
-                (
-                    "TOKEN".to_string(),
-                    EnvVar::Detailed {
-                        value: "s3cret".into(),
-                        secret: true,
-                    },
-                ),
-            ]),
-            ..Default::default()
-        };
+        let payload = TestPayload::new(["echo", "hi"]).with_env_vars(BTreeMap::from([
+            ("PLAIN".to_string(), EnvVar::Plain("p".into())),
+            (
+                "TOKEN".to_string(),
+                EnvVar::Detailed {
+                    value: "s3cret".into(),
+                    secret: true,
+                },
+            ),
+        ]));
         let ids = Ids {
             execution_id: "e1",
             correlation_id: "c1",

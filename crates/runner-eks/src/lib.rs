@@ -19,8 +19,8 @@ use kube::api::ListParams;
 use runner_aws::ArtifactStore;
 use runner_core::{
     ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ExecutionError,
-    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
-    TestPayload, TestResult, TestStatus, async_trait, decode_spec,
+    ListOwnedError, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle,
+    TeardownError, TestPayload, TestResult, TestStatus, async_trait, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -89,13 +89,10 @@ impl RunnerAdapter for EksRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            warm_pool: false,
-            live_logs: true,
-            idempotent_teardown: true,
-            leak_listing: true,
-            max_concurrency: None,
-        }
+        Capabilities::new()
+            .with_live_logs(true)
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn validate(
@@ -293,7 +290,7 @@ impl RunnerAdapter for EksRunner {
             .map_err(|e| e.into_runner(ctx))
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let config = &self.inner.config;
         let (jobs, _, secrets) = self.apis(ctx, &config.namespace).await?;
         let selector = format!(
@@ -352,7 +349,7 @@ impl RunnerAdapter for EksRunner {
                     bench: BenchBackend::default(),
                 },
             )
-            .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
+            .map_err(|e| ListOwnedError::permanent(ctx, e.to_string()))?;
             let mut resource = OwnedResource::new(format!("{}/{name}", config.namespace), handle)
                 .with_worker(annotations.get(job::WORKER).cloned().unwrap_or_default());
             if let Some(id) = execution_id {

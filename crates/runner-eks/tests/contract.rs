@@ -8,7 +8,7 @@
 mod common;
 
 use runner_contract::Fixture;
-use runner_core::{BenchSpec, TestPayload};
+use runner_core::TestPayload;
 
 fn artifacts_root() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("runner-eks-contract-{}", std::process::id()));
@@ -23,12 +23,7 @@ fn real_cluster() -> Option<std::path::PathBuf> {
 }
 
 fn shell(script: &str) -> TestPayload {
-    TestPayload {
-        name: "sh".into(),
-        command: vec![script.into()],
-        shell: true,
-        ..TestPayload::default()
-    }
+    TestPayload::new([script]).with_name("sh").with_shell(true)
 }
 
 fn fixture() -> Fixture {
@@ -46,10 +41,7 @@ fn fixture() -> Fixture {
         )
     };
     Fixture::new(
-        BenchSpec {
-            backend: serde_json::json!({}),
-            ..common::bench()
-        },
+        common::bench().with_backend(serde_json::json!({})),
         common::invalid_bench(),
         "bench.backend.resources.limits.memory",
         passing,

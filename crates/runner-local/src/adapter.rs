@@ -5,8 +5,9 @@ use std::path::Path;
 use runner_core::phase::PhaseMarker;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
-    ExecutionError, LogStream, OwnedResource, ProvisionError, RunContext, RunnerAdapter,
-    RunnerConfig, RunnerError, RunnerHandle, TeardownError, TestPayload, TestResult, decode_spec,
+    ExecutionError, ListOwnedError, LogStream, OwnedResource, ProvisionError, RunContext,
+    RunnerAdapter, RunnerConfig, RunnerError, RunnerHandle, TeardownError, TestPayload, TestResult,
+    decode_spec,
 };
 
 use crate::config::{LocalBench, LocalConfig};
@@ -63,13 +64,10 @@ impl RunnerAdapter for LocalProcessRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            warm_pool: false,
-            live_logs: true,
-            idempotent_teardown: true,
-            leak_listing: true,
-            max_concurrency: None,
-        }
+        Capabilities::new()
+            .with_live_logs(true)
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn validate(
@@ -267,13 +265,13 @@ impl RunnerAdapter for LocalProcessRunner {
         }
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let root = self.config.root.clone();
         let listed = tokio::task::spawn_blocking(move || list_dirs(&root)).await;
         match listed {
             Ok(Ok(list)) => Ok(list),
             Ok(Err(e)) => Err(io_error(ctx, "listing working directories", e)),
-            Err(join) => Err(TeardownError::permanent(
+            Err(join) => Err(ListOwnedError::permanent(
                 ctx,
                 format!("listing panicked: {join}"),
             )),

@@ -89,10 +89,7 @@ async fn missing_command_is_an_invalid_spec_naming_it() {
     let runner = common::runner(dir.path());
     let ctx = ctx("missing");
     let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
-    let payload = TestPayload {
-        command: vec!["definitely-not-a-command-xyz".into(), "--flag".into()],
-        ..TestPayload::default()
-    };
+    let payload = TestPayload::new(["definitely-not-a-command-xyz", "--flag"]);
     let err = runner.run_test(&ctx, &handle, &payload).await.unwrap_err();
     // The test's own input is at fault: never retried, the field named.
     assert_eq!(err.kind(), ErrorKind::InvalidSpec);

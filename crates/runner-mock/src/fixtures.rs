@@ -5,19 +5,14 @@ use serde_json::json;
 
 /// A valid bench.
 pub fn bench() -> BenchSpec {
-    BenchSpec {
-        name: "mock-bench".into(),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new().with_name("mock-bench")
 }
 
 /// A bench whose `bench.backend.seed` is not a number.
 pub fn invalid_bench() -> BenchSpec {
-    BenchSpec {
-        name: "bad".into(),
-        backend: json!({"seed": "not-a-number"}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new()
+        .with_name("bad")
+        .with_backend(json!({"seed": "not-a-number"}))
 }
 
 /// The field [`invalid_bench`] gets wrong.
@@ -39,10 +34,7 @@ pub fn long_running() -> TestPayload {
 }
 
 fn payload(name: &str, backend: serde_json::Value) -> TestPayload {
-    TestPayload {
-        name: name.into(),
-        command: vec!["mock".into()],
-        backend,
-        ..TestPayload::default()
-    }
+    TestPayload::new(["mock"])
+        .with_name(name)
+        .with_backend(backend)
 }

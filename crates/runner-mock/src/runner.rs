@@ -10,9 +10,9 @@ use runner_core::kit::{ArtifactWriter, LineAssembler, LogFollower};
 use runner_core::safe_path::safe_join;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
-    Capabilities, ConfigError, ExecutionError, LogStream, OwnedResource, Phase, ProvisionError,
-    Redactor, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError, TestCounts,
-    TestPayload, TestResult, TestStatus, decode_spec,
+    Capabilities, ConfigError, ExecutionError, ListOwnedError, LogStream, OwnedResource, Phase,
+    ProvisionError, Redactor, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError,
+    TestCounts, TestPayload, TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -314,13 +314,10 @@ impl RunnerAdapter for LocalMockRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            warm_pool: false,
-            live_logs: true,
-            idempotent_teardown: true,
-            leak_listing: true,
-            max_concurrency: None,
-        }
+        Capabilities::new()
+            .with_live_logs(true)
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn validate(
@@ -426,11 +423,11 @@ impl RunnerAdapter for LocalMockRunner {
             MockOutcome::Error => TestResult::new(TestStatus::Error, duration)
                 .with_diagnosis("test", "mock harness error"),
         };
-        result.counts = Some(TestCounts {
-            passed: u32::from(spec.outcome == MockOutcome::Pass),
-            failed: u32::from(spec.outcome != MockOutcome::Pass),
-            skipped: 0,
-        });
+        result.counts = Some(TestCounts::new(
+            u32::from(spec.outcome == MockOutcome::Pass),
+            u32::from(spec.outcome != MockOutcome::Pass),
+            0,
+        ));
         self.lock().runs.insert(handle.handle_id().to_owned(), log);
         Ok(result)
     }
@@ -453,13 +450,13 @@ impl RunnerAdapter for LocalMockRunner {
         };
         let name = "stdout.log";
         let artifact = match self.config.artifacts {
-            ArtifactMode::Memory => Artifact {
-                name: name.into(),
-                kind: ArtifactKind::Log,
-                location: ArtifactLocation::Uri(format!("mock://{}/{name}", ctx.execution_id())),
-                size: log.len() as u64,
-                sha256: sha256_bytes(&log),
-            },
+            ArtifactMode::Memory => Artifact::new(
+                name,
+                ArtifactKind::Log,
+                ArtifactLocation::Uri(format!("mock://{}/{name}", ctx.execution_id())),
+                log.len() as u64,
+                sha256_bytes(&log),
+            ),
             ArtifactMode::Files => {
                 let dir = safe_join(&self.config.artifacts_dir, ctx.execution_id())
                     .map_err(|e| ArtifactError::permanent(ctx, e.to_string()))?;
@@ -478,9 +475,7 @@ impl RunnerAdapter for LocalMockRunner {
                     .artifact(name, ArtifactKind::Log)
             }
         };
-        Ok(ArtifactBundle {
-            artifacts: vec![artifact],
-        })
+        Ok(ArtifactBundle::new(vec![artifact]))
     }
 
     async fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
@@ -496,7 +491,7 @@ impl RunnerAdapter for LocalMockRunner {
         Ok(())
     }
 
-    async fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let inner = self.lock();
         Ok(inner
             .live

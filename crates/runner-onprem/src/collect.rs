@@ -71,13 +71,13 @@ impl OnPremBenchRunner {
                 ));
             }
             if !self.config.download_artifacts {
-                bundle.artifacts.push(Artifact {
-                    name: remote.name,
-                    kind: ArtifactKind::File,
-                    location: ArtifactLocation::Uri(remote.uri),
-                    size: remote.size,
-                    sha256: remote.sha256.to_ascii_lowercase(),
-                });
+                bundle.artifacts.push(Artifact::new(
+                    remote.name,
+                    ArtifactKind::File,
+                    ArtifactLocation::Uri(remote.uri),
+                    remote.size,
+                    remote.sha256.to_ascii_lowercase(),
+                ));
                 continue;
             }
             if !self.api.same_origin(&remote.uri) {

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use runner_core::{
-    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, LogStream,
-    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle, TeardownError,
-    TestPayload, TestResult, async_trait, decode_spec,
+    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, ListOwnedError,
+    LogStream, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerHandle,
+    TeardownError, TestPayload, TestResult, async_trait, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -81,13 +81,10 @@ impl RunnerAdapter for OnPremBenchRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            warm_pool: false,
-            live_logs: true,
-            idempotent_teardown: true,
-            leak_listing: true,
-            max_concurrency: None,
-        }
+        Capabilities::new()
+            .with_live_logs(true)
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn validate(
@@ -281,7 +278,7 @@ impl RunnerAdapter for OnPremBenchRunner {
             .map_err(|e| e.into_runner(ctx))
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let path = format!("/v1/reservations?owner={}", urlencode(&self.config.owner));
         let listed: Reservations = self
             .api
@@ -309,7 +306,7 @@ impl RunnerAdapter for OnPremBenchRunner {
                     execution_key: key.clone(),
                 },
             )
-            .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
+            .map_err(|e| ListOwnedError::permanent(ctx, e.to_string()))?;
             let mut resource = OwnedResource::new(&r.id, handle).with_execution_key(key);
             if let Some(created) = r.created_at {
                 resource = resource.with_age_seconds(now.saturating_sub(created));

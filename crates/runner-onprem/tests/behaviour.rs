@@ -36,10 +36,7 @@ async fn a_reservation_queues_then_is_allocated() {
     let dir = tempfile::tempdir().unwrap();
     let runner = std::sync::Arc::new(common::runner(&sim, dir.path()));
     let bench = serde_json::json!({"bench_type": "rig"});
-    let spec = runner_core::BenchSpec {
-        backend: bench,
-        ..Default::default()
-    };
+    let spec = runner_core::BenchSpec::new().with_backend(bench);
     let first = common::ctx("first", 1);
     let held = runner.provision(&first, &spec).await.unwrap();
 
@@ -81,10 +78,7 @@ async fn without_heartbeats_the_lease_expires_and_frees_the_bench() {
     let mut config = common::config(&sim);
     config.lease_seconds = 3;
     let runner = common::runner_with(config, common::TOKEN, dir.path());
-    let spec = runner_core::BenchSpec {
-        backend: serde_json::json!({"bench_type": "rig"}),
-        ..Default::default()
-    };
+    let spec = runner_core::BenchSpec::new().with_backend(serde_json::json!({"bench_type": "rig"}));
     let ctx = common::ctx("lease", 1);
     let handle = runner.provision(&ctx, &spec).await.unwrap();
     let id = handle.handle_id().to_string();
@@ -192,10 +186,7 @@ benches:
     .await;
     let dir = tempfile::tempdir().unwrap();
     let runner = common::runner(&sim, dir.path());
-    let spec = runner_core::BenchSpec {
-        backend: serde_json::json!({"bench_type": "rig"}),
-        ..Default::default()
-    };
+    let spec = runner_core::BenchSpec::new().with_backend(serde_json::json!({"bench_type": "rig"}));
     let ctx = common::ctx("health", 1);
     let handle = runner.provision(&ctx, &spec).await.unwrap();
     let state: runner_onprem::OnPremState = handle.decode(runner_onprem::RUNNER_TYPE).unwrap();

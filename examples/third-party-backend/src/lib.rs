@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use runner_core::artifact::sha256_bytes;
 use runner_core::blocking::{Blocking, BlockingRunnerAdapter};
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
-    Capabilities, ExecutionError, OwnedResource, ProvisionError, RunContext, RunnerHandle,
-    RunnerRegistry, TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
+    Capabilities, ExecutionError, ListOwnedError, OwnedResource, ProvisionError, RunContext,
+    RunnerHandle, RunnerRegistry, TeardownError, TestPayload, TestResult, TestStatus, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,11 +50,9 @@ impl BlockingRunnerAdapter for EchoRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            idempotent_teardown: true,
-            leak_listing: true,
-            ..Capabilities::default()
-        }
+        Capabilities::new()
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn provision(
@@ -90,12 +89,33 @@ impl BlockingRunnerAdapter for EchoRunner {
             ));
         };
         log.push(line);
-        let status = if payload.command.first().is_some_and(|c| c == "false") {
-            TestStatus::Failed
-        } else {
-            TestStatus::Passed
+        drop(live);
+        let started = Instant::now();
+        let status = match payload.command.as_slice() {
+            [first, ..] if first == "false" => TestStatus::Failed,
+            // `sleep SECONDS`: wait, but stop as soon as the run is
+            // cancelled (blocking code checks the token in its loops).
+            [first, seconds] if first == "sleep" => {
+                let seconds: u64 = seconds.parse().map_err(|_| {
+                    ExecutionError::invalid_spec(
+                        ctx,
+                        "payload.command[1]",
+                        "not a number of seconds",
+                    )
+                })?;
+                let until = started + Duration::from_secs(seconds);
+                while !ctx.is_cancelled() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if ctx.is_cancelled() {
+                    TestStatus::Cancelled
+                } else {
+                    TestStatus::Passed
+                }
+            }
+            _ => TestStatus::Passed,
         };
-        Ok(TestResult::new(status, std::time::Duration::ZERO))
+        Ok(TestResult::new(status, started.elapsed()))
     }
 
     fn collect_artifacts(
@@ -111,15 +131,13 @@ impl BlockingRunnerAdapter for EchoRunner {
             .get(handle.handle_id())
             .map(|l| l.join("\n"))
             .unwrap_or_default();
-        Ok(ArtifactBundle {
-            artifacts: vec![Artifact {
-                name: "echo.log".into(),
-                kind: ArtifactKind::Log,
-                location: ArtifactLocation::Uri(format!("echo://{}", handle.handle_id())),
-                size: text.len() as u64,
-                sha256: sha256_bytes(text.as_bytes()),
-            }],
-        })
+        Ok(ArtifactBundle::new(vec![Artifact::new(
+            "echo.log",
+            ArtifactKind::Log,
+            ArtifactLocation::Uri(format!("echo://{}", handle.handle_id())),
+            text.len() as u64,
+            sha256_bytes(text.as_bytes()),
+        )]))
     }
 
     fn teardown(&self, ctx: &RunContext, handle: &RunnerHandle) -> Result<(), TeardownError> {
@@ -128,7 +146,7 @@ impl BlockingRunnerAdapter for EchoRunner {
         Ok(())
     }
 
-    fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    fn list_owned(&self, _ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let live = self.lock();
         Ok(live
             .keys()

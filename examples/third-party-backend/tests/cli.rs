@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_third-party-backend");
 
+/// Every subcommand of the built-in `orchestrator` binary, as the worker's
+/// library lists them, is in this binary's help and answers `--help`.
+#[test]
+fn every_orchestrator_command_is_offered() {
+    let names = orchestrator_worker::cli::command_names();
+    assert!(names.len() >= 10, "{names:?}");
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in &names {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{name} "))),
+            "`{name}` missing from the help:\n{help}"
+        );
+        let out = Command::new(BIN).args([name, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name} --help: {out:?}");
+    }
+}
+
 #[test]
 fn submit_wait_and_status_through_the_library_cli() {
     let dir = tempfile::tempdir().unwrap();

@@ -144,6 +144,15 @@ enum Command {
     Api(api_cmd::ApiArgs),
 }
 
+/// The names of every subcommand [`main`] offers (`run`, `serve`,
+/// `submit`...): what a binary built on it must answer to.
+pub fn command_names() -> Vec<String> {
+    <Cli as clap::CommandFactory>::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect()
+}
+
 /// Run the command line with the factory `make_factory` builds; returns the
 /// process exit code.
 pub fn main<F>(make_factory: F) -> ExitCode

@@ -88,10 +88,10 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path)?);
     let worker_id = new_worker_id("run-");
     let stale_after = Duration::from_secs(60);
-    let engine = Engine::new(
+    let engine = Engine::for_runner(
         adapter,
+        &config,
         EngineSettings {
-            retries: config.retries,
             worker_id: worker_id.clone(),
             stale_after,
             ..EngineSettings::default()

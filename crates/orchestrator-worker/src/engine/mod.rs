@@ -19,16 +19,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_core::{
-    BenchSpec, ErrorKind, Phase, RunContext, RunnerAdapter, RunnerHandle, TestPayload,
+    BenchSpec, ErrorKind, Phase, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TestPayload,
 };
 
 use crate::policy::Backoff;
 use crate::store::{JournalState, Store, now_ms};
 
 /// Knobs of the engine.
+///
+/// [`Engine::for_runner`] takes `retries` and `max_concurrency` from the
+/// runner's config, so a caller with a [`RunnerConfig`] sets neither.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// In-place retries of retryable provision, collect and (idempotent) teardown errors.
+    /// In-place retries of retryable provision, collect and (idempotent)
+    /// teardown errors. [`Engine::for_runner`]: the config's `retries`.
     pub retries: u32,
     /// Delays between those retries.
     pub backoff: Backoff,
@@ -39,7 +43,8 @@ pub struct EngineSettings {
     pub stale_after: Duration,
     /// Executions at once through this engine, provision to teardown (the
     /// runner config's `max_concurrency`; the backend's capability applies
-    /// too, the smaller wins). `None`: no limit.
+    /// too, the smaller wins). `None`: no limit. [`Engine::for_runner`]:
+    /// the config's `max_concurrency`.
     pub max_concurrency: Option<usize>,
 }
 
@@ -112,6 +117,29 @@ impl Engine {
             settings,
             slots: limit.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
         }
+    }
+
+    /// An engine over `adapter` made from `runner`: the runner's `retries`
+    /// and `max_concurrency` replace those of `settings`, so they cannot
+    /// be forgotten on the way.
+    pub fn for_runner(
+        adapter: Arc<dyn RunnerAdapter>,
+        runner: &RunnerConfig,
+        settings: EngineSettings,
+    ) -> Self {
+        Self::new(
+            adapter,
+            EngineSettings {
+                retries: runner.retries,
+                max_concurrency: runner.max_concurrency,
+                ..settings
+            },
+        )
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
     }
 
     /// Journal handles in `store` (before use, and their end).

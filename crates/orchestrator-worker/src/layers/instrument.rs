@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Instant;
 
-use runner_core::{OwnedResource, Phase, PhaseMarker, RunContext, RunnerError, TeardownError};
+use runner_core::{ListOwnedError, OwnedResource, Phase, PhaseMarker, RunContext, RunnerError};
 use tracing::Instrument as _;
 
 use super::Around;
@@ -105,10 +105,10 @@ impl Around for Instrument {
         &self,
         ctx: &RunContext,
         call: F,
-    ) -> impl Future<Output = Result<Vec<OwnedResource>, TeardownError>> + Send
+    ) -> impl Future<Output = Result<Vec<OwnedResource>, ListOwnedError>> + Send
     where
         F: FnOnce(RunContext) -> Fut + Send,
-        Fut: Future<Output = Result<Vec<OwnedResource>, TeardownError>> + Send,
+        Fut: Future<Output = Result<Vec<OwnedResource>, ListOwnedError>> + Send,
     {
         let span = span(None, &self.backend, ctx);
         let fut = call(ctx.clone());

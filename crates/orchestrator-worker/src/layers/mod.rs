@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_core::{
-    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, OwnedResource,
-    PhaseMarker, ProvisionError, RunContext, RunnerAdapter, RunnerConfig, RunnerError,
-    RunnerHandle, TeardownError, TestPayload, TestResult,
+    ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ExecutionError, ListOwnedError,
+    OwnedResource, PhaseMarker, ProvisionError, RunContext, RunnerAdapter, RunnerConfig,
+    RunnerError, RunnerHandle, TeardownError, TestPayload, TestResult,
 };
 
 use crate::metrics::Metrics;
@@ -74,10 +74,10 @@ pub trait Around: Send + Sync + std::fmt::Debug + 'static {
         &self,
         ctx: &RunContext,
         call: F,
-    ) -> impl Future<Output = Result<Vec<OwnedResource>, TeardownError>> + Send
+    ) -> impl Future<Output = Result<Vec<OwnedResource>, ListOwnedError>> + Send
     where
         F: FnOnce(RunContext) -> Fut + Send,
-        Fut: Future<Output = Result<Vec<OwnedResource>, TeardownError>> + Send,
+        Fut: Future<Output = Result<Vec<OwnedResource>, ListOwnedError>> + Send,
     {
         self.around(ctx, call)
     }
@@ -172,7 +172,7 @@ impl<L: Around> RunnerAdapter for Wrapped<L> {
             .await
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         self.layer
             .around_list(ctx, |c| async move { self.inner.list_owned(&c).await })
             .await

@@ -39,7 +39,7 @@ impl Around for PanicGuard {
                         .unwrap_or_else(|| "no message".into());
                     Err(RunnerError::permanent(
                         &ctx,
-                        format!("{PANIC_PREFIX} in {}: {detail}", P::PHASE),
+                        format!("{PANIC_PREFIX} in {}: {detail}", P::NAME),
                     ))
                 }
             }

@@ -91,7 +91,7 @@ impl Around for TimeLimit {
                 (Limited::Late(late), limit) => {
                     let err = RunnerError::timeout(
                         &ctx,
-                        format!("{} exceeded its limit of {limit:.1?}", P::PHASE),
+                        format!("{} exceeded its limit of {limit:.1?}", P::NAME),
                     );
                     // A provision that finished in the grace made something:
                     // hand its handle on, so it is journaled and torn down.
@@ -138,10 +138,7 @@ impl Around for TimeLimit {
                         Some(Ok(mut result)) => {
                             if result.status != TestStatus::TimedOut {
                                 result.status = TestStatus::TimedOut;
-                                result.diagnosis = Some(Diagnosis {
-                                    layer: "worker".into(),
-                                    message,
-                                });
+                                result.diagnosis = Some(Diagnosis::new("worker", message));
                             }
                             result
                         }
@@ -161,16 +158,7 @@ impl Around for TimeLimit {
 }
 
 fn timed_out(limit: Duration, message: String) -> TestResult {
-    TestResult {
-        status: TestStatus::TimedOut,
-        exit_code: None,
-        duration: limit,
-        counts: None,
-        diagnosis: Some(Diagnosis {
-            layer: "worker".into(),
-            message,
-        }),
-    }
+    TestResult::new(TestStatus::TimedOut, limit).with_diagnosis("worker", message)
 }
 
 /// The handle in a late provision's outcome, if there is one.

@@ -101,14 +101,14 @@ impl Worker {
         let mut served = BTreeMap::new();
         for runner in &config.runners {
             let adapter = factory.create(runner).map_err(|e| e.to_string())?;
-            let engine = Engine::new(
+            let engine = Engine::for_runner(
                 adapter,
+                runner,
                 EngineSettings {
-                    retries: runner.retries,
                     backoff: config.worker.backoff(),
                     worker_id: id.clone(),
                     stale_after: config.worker.stale_after(),
-                    max_concurrency: runner.max_concurrency,
+                    ..EngineSettings::default()
                 },
             )
             .with_journal(Arc::clone(&backends.store));

@@ -94,12 +94,9 @@ pub fn mock_task(key: &str, duration_ms: u64) -> Task {
         key,
         "local_mock",
         Default::default(),
-        runner_core::TestPayload {
-            name: key.into(),
-            command: vec!["mock".into()],
-            backend: serde_json::json!({"duration_ms": duration_ms}),
-            ..Default::default()
-        },
+        runner_core::TestPayload::new(["mock"])
+            .with_name(key)
+            .with_backend(serde_json::json!({"duration_ms": duration_ms})),
     );
     task.correlation_id = Some(format!("corr-{key}"));
     task

@@ -12,8 +12,8 @@ use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use runner_core::phase::PhaseMarker;
 use runner_core::{
     ArtifactBundle, ArtifactError, BenchSpec, Capabilities, ConfigError, ExecutionError,
-    OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig, RunnerError,
-    RunnerHandle, TeardownError, TestPayload, TestResult, decode_spec,
+    ListOwnedError, OwnedResource, ProvisionError, RunContext, RunnerAdapter, RunnerConfig,
+    RunnerError, RunnerHandle, TeardownError, TestPayload, TestResult, decode_spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -182,13 +182,10 @@ impl RunnerAdapter for ContainerRunner {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            warm_pool: false,
-            live_logs: true,
-            idempotent_teardown: true,
-            leak_listing: true,
-            max_concurrency: None,
-        }
+        Capabilities::new()
+            .with_live_logs(true)
+            .with_idempotent_teardown(true)
+            .with_leak_listing(true)
     }
 
     fn validate(
@@ -247,7 +244,7 @@ impl RunnerAdapter for ContainerRunner {
         })
     }
 
-    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, TeardownError> {
+    async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let endpoint = &self.endpoint;
         let docker = self.connect(ctx, endpoint)?;
         let labels = [
@@ -294,7 +291,7 @@ impl RunnerAdapter for ContainerRunner {
                 .cloned()
                 .unwrap_or_default();
             let handle = RunnerHandle::new(RUNNER_TYPE, &name, &execution_id, &state)
-                .map_err(|e| TeardownError::permanent(ctx, e.to_string()))?;
+                .map_err(|e| ListOwnedError::permanent(ctx, e.to_string()))?;
             let mut resource = OwnedResource::new(&name, handle)
                 .with_execution_key(key)
                 .with_execution_id(execution_id)

@@ -370,13 +370,16 @@ pub(super) fn exit_result(
     duration: Duration,
 ) -> TestResult {
     match code {
-        _ if oom_killed => TestResult {
-            exit_code: code,
-            ..TestResult::new(TestStatus::Failed, duration).with_diagnosis(
+        _ if oom_killed => {
+            let result = TestResult::new(TestStatus::Failed, duration).with_diagnosis(
                 "test",
                 format!("killed by the out-of-memory killer: the container's memory limit is {memory_mb} MiB"),
-            )
-        },
+            );
+            match code {
+                Some(code) => result.with_exit_code(code),
+                None => result,
+            }
+        }
         // Podman on cgroup v1 does not report OOMKilled; a SIGKILL nobody
         // here sent, under a memory limit, is that.
         Some(137) => TestResult::from_exit_code(137, duration).with_diagnosis(

@@ -42,11 +42,7 @@ pub fn runner(base: &Path) -> ContainerRunner {
 }
 
 pub fn sh(script: &str) -> TestPayload {
-    TestPayload {
-        name: "sh".into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..TestPayload::default()
-    }
+    TestPayload::new(["sh", "-c", script]).with_name("sh")
 }
 
 pub fn bench() -> BenchSpec {
@@ -54,10 +50,7 @@ pub fn bench() -> BenchSpec {
 }
 
 pub fn invalid_bench() -> BenchSpec {
-    BenchSpec {
-        backend: serde_json::json!({"memory_mb": 1}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new().with_backend(serde_json::json!({"memory_mb": 1}))
 }
 
 pub fn ctx(name: &str) -> RunContext {

@@ -203,11 +203,7 @@ fn fastrand_u32() -> u32 {
 }
 
 pub fn sh(script: &str) -> TestPayload {
-    TestPayload {
-        name: "sh".into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..TestPayload::default()
-    }
+    TestPayload::new(["sh", "-c", script]).with_name("sh")
 }
 
 pub fn bench() -> BenchSpec {
@@ -215,10 +211,7 @@ pub fn bench() -> BenchSpec {
 }
 
 pub fn invalid_bench() -> BenchSpec {
-    BenchSpec {
-        backend: serde_json::json!({"instance_type": "not a type"}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new().with_backend(serde_json::json!({"instance_type": "not a type"}))
 }
 
 pub fn ctx(key: &str) -> runner_core::RunContext {

@@ -33,31 +33,24 @@ pub fn runner(fake: &FakeK8s, artifacts: &Path) -> EksRunner {
 }
 
 pub fn bench() -> BenchSpec {
-    BenchSpec {
-        name: "pod".into(),
-        backend: serde_json::json!({"node_selector": {"pool": "tests"}}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new()
+        .with_name("pod")
+        .with_backend(serde_json::json!({"node_selector": {"pool": "tests"}}))
 }
 
 pub fn invalid_bench() -> BenchSpec {
-    BenchSpec {
-        name: "bad".into(),
-        backend: serde_json::json!({"resources": {"limits": {"memory": "lots"}}}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new()
+        .with_name("bad")
+        .with_backend(serde_json::json!({"resources": {"limits": {"memory": "lots"}}}))
 }
 
 pub fn payload(env: &[(&str, &str)]) -> TestPayload {
-    TestPayload {
-        name: "sim".into(),
-        command: vec!["/bin/run-tests".into()],
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), EnvVar::Plain(v.to_string())))
-            .collect(),
-        ..TestPayload::default()
-    }
+    TestPayload::new(["/bin/run-tests"])
+        .with_name("sim")
+        .with_env_vars(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), EnvVar::Plain(v.to_string()))),
+        )
 }
 
 /// `payload` with a secret variable (`{value, secret: true}`).

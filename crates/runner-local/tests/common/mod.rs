@@ -18,11 +18,7 @@ pub fn runner(base: &Path) -> LocalProcessRunner {
 }
 
 pub fn sh(script: &str) -> TestPayload {
-    TestPayload {
-        name: "sh".into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..TestPayload::default()
-    }
+    TestPayload::new(["sh", "-c", script]).with_name("sh")
 }
 
 pub fn bench() -> BenchSpec {
@@ -30,10 +26,7 @@ pub fn bench() -> BenchSpec {
 }
 
 pub fn invalid_bench() -> BenchSpec {
-    BenchSpec {
-        backend: serde_json::json!({"workdir_prefix": "../escape"}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new().with_backend(serde_json::json!({"workdir_prefix": "../escape"}))
 }
 
 /// A per-process base directory for tests that cannot hold a TempDir.

@@ -50,30 +50,22 @@ pub fn runner(sim: &SimHandle, artifacts: &Path) -> OnPremBenchRunner {
 }
 
 pub fn bench() -> BenchSpec {
-    BenchSpec {
-        name: "rig".into(),
-        backend: serde_json::json!({"bench_type": "rig", "labels": {"fw": "2"}}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new()
+        .with_name("rig")
+        .with_backend(serde_json::json!({"bench_type": "rig", "labels": {"fw": "2"}}))
 }
 
 pub fn invalid_bench() -> BenchSpec {
-    BenchSpec {
-        backend: serde_json::json!({"bench_type": ""}),
-        ..BenchSpec::default()
-    }
+    BenchSpec::new().with_backend(serde_json::json!({"bench_type": ""}))
 }
 
 pub fn payload(env: &[(&str, &str)]) -> TestPayload {
-    TestPayload {
-        name: "hil".into(),
-        command: vec!["run-suite".into()],
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), runner_core::EnvVar::Plain(v.to_string())))
-            .collect(),
-        ..TestPayload::default()
-    }
+    TestPayload::new(["run-suite"])
+        .with_name("hil")
+        .with_env_vars(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), runner_core::EnvVar::Plain(v.to_string()))),
+        )
 }
 
 pub fn ctx(key: &str, attempt: u32) -> RunContext {
