@@ -78,6 +78,7 @@ suite!(
     a_lock_has_one_holder_until_it_expires,
     leak_sightings_remember_the_first_time,
     records_keep_the_timeline_attempts_and_result,
+    one_batch_of_state_changes_keeps_every_event_and_the_right_state,
     history_filters_and_pages,
 );
 
@@ -509,6 +510,70 @@ async fn records_keep_the_timeline_attempts_and_result(f: Fixture) {
         "settled"
     );
     assert!(s.execution("nope").await.unwrap().is_none());
+}
+
+/// What the recorder sends a busy store: several state changes of two
+/// executions, one settling in the middle, a late event after it, all in
+/// one batch. Every event is kept; each record ends in its last state, and
+/// the settled one in its final one.
+async fn one_batch_of_state_changes_keeps_every_event_and_the_right_state(f: Fixture) {
+    use orchestrator_worker::store::Settlement;
+    let (q, s) = (&f.queue, &f.store);
+    let (a, b) = (task("batch-a"), task("batch-b"));
+    q.enqueue(&a).await.unwrap();
+    q.enqueue(&b).await.unwrap();
+    let at = orchestrator_worker::store::now_ms();
+    let state = |t: &Task, state, m: &str| RecordUpdate::State {
+        new: new_execution(t),
+        state,
+        at_ms: at,
+        attempt: Some(1),
+        worker: Some("w".into()),
+        message: m.into(),
+    };
+    s.record(&[
+        state(&a, ExecState::Leased, "a leased"),
+        state(&b, ExecState::Leased, "b leased"),
+        state(&a, ExecState::Provisioning, "a provision"),
+        state(&b, ExecState::Provisioning, "b provision"),
+        state(&a, ExecState::Running, "a run"),
+        RecordUpdate::Settled(Box::new(Settlement {
+            new: new_execution(&a),
+            state: ExecState::Passed,
+            at_ms: at + 1,
+            attempt: None,
+            result: None,
+            artifacts: vec![],
+            cases: vec![],
+            error: None,
+        })),
+        state(&a, ExecState::TearingDown, "a late"),
+        state(&b, ExecState::Running, "b run"),
+    ])
+    .await
+    .unwrap();
+    let ra = s.execution("batch-a").await.unwrap().unwrap();
+    assert_eq!(
+        ra.state,
+        ExecState::Passed,
+        "a settled record keeps its state"
+    );
+    let messages: Vec<_> = ra.timeline.iter().map(|e| e.message.as_str()).collect();
+    for m in ["a leased", "a provision", "a run", "a late"] {
+        assert!(messages.contains(&m), "{m} missing from {messages:?}");
+    }
+    let rb = s.execution("batch-b").await.unwrap().unwrap();
+    assert_eq!(rb.state, ExecState::Running, "the last state change wins");
+    let states: Vec<_> = rb.timeline.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            ExecState::Queued,
+            ExecState::Leased,
+            ExecState::Provisioning,
+            ExecState::Running
+        ]
+    );
 }
 
 async fn history_filters_and_pages(f: Fixture) {

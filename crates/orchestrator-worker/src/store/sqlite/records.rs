@@ -2,6 +2,8 @@
 //! in `execution_events`. Lists are JSON text columns, appended with
 //! SQLite's JSON functions.
 
+use std::collections::{HashMap, HashSet};
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Cached, store_err, to_i64, to_u64};
@@ -110,6 +112,65 @@ pub(super) fn reopen(c: &Connection, key: &str, at: i64, message: &str) -> Resul
     )
     .map_err(store_err)?;
     event(c, key, at, ExecState::Queued, None, None, message)
+}
+
+/// Apply `updates` in order inside the caller's transaction, sharing what
+/// a batch can share: a key's record is ensured once per batch, and the
+/// state changes of one key set its `state` once (the last of them, before
+/// any other update of that key), each still adding its timeline event.
+/// A busy worker sends six state changes per execution; at thousands a
+/// second these statements were the store's largest cost.
+pub(super) fn apply_all(c: &Connection, updates: &[RecordUpdate]) -> Result<()> {
+    let mut ensured: HashSet<&str> = HashSet::new();
+    let mut pending: HashMap<&str, (ExecState, i64)> = HashMap::new();
+    for update in updates {
+        match update {
+            RecordUpdate::State {
+                new,
+                state,
+                at_ms,
+                attempt,
+                worker,
+                message,
+            } => {
+                let at = to_i64(*at_ms);
+                if ensured.insert(&new.key) {
+                    ensure_record(c, new, at)?;
+                }
+                pending.insert(&new.key, (*state, at));
+                event(
+                    c,
+                    &new.key,
+                    at,
+                    *state,
+                    *attempt,
+                    worker.as_deref(),
+                    message,
+                )?;
+            }
+            other => {
+                if let Some((state, at)) = pending.remove(other.key()) {
+                    set_state(c, other.key(), state, at)?;
+                }
+                apply(c, other)?;
+            }
+        }
+    }
+    for (key, (state, at)) in pending {
+        set_state(c, key, state, at)?;
+    }
+    Ok(())
+}
+
+/// A state change of a record; a settled record keeps its final state (a
+/// late event of an attempt does not reopen it).
+fn set_state(c: &Connection, key: &str, state: ExecState, at: i64) -> Result<()> {
+    c.exec_cached(
+        "UPDATE executions SET state = ?2, updated_at = ?3 WHERE key = ?1 AND settled = 0",
+        params![key, state.as_str(), at],
+    )
+    .map_err(store_err)?;
+    Ok(())
 }
 
 /// Apply one update inside the caller's transaction.

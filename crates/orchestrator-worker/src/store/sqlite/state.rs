@@ -461,9 +461,7 @@ impl Store for SqliteStore {
         let updates = updates.to_vec();
         self.write(move |c| {
             let tx = super::immediate(c)?;
-            for update in &updates {
-                records::apply(&tx, update)?;
-            }
+            records::apply_all(&tx, &updates)?;
             tx.commit().map_err(store_err)
         })
         .await
