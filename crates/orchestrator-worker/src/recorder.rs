@@ -70,6 +70,21 @@ impl Recorder {
         let _ = self.tx.send(Item::Update(update)).await;
     }
 
+    /// Queue an update from synchronous code without waiting: in order
+    /// when the writer keeps up; when it is behind, a task on `runtime`
+    /// sends it (no order then, as before this existed).
+    pub fn push_now(&self, update: RecordUpdate, runtime: &tokio::runtime::Handle) {
+        match self.tx.try_send(Item::Update(update)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                let tx = self.tx.clone();
+                runtime.spawn(async move {
+                    let _ = tx.send(item).await;
+                });
+            }
+        }
+    }
+
     /// Write `update` after everything queued before it, and wait until it
     /// is stored.
     pub async fn commit(&self, update: RecordUpdate) -> Result<(), StoreError> {

@@ -194,14 +194,31 @@ impl Worker {
         ];
         let mut running: JoinSet<()> = JoinSet::new();
         let concurrency = self.config.worker.concurrency;
+        // A slot is a test holding runner resources: it is given back once
+        // the execution is over (torn down, its journal entry closed),
+        // before its settlement (record, ack) is written, so the next test
+        // need not wait for the store. Settlements finish in the
+        // background, at most `concurrency` behind the tests.
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let in_tasks = concurrency.saturating_mul(2);
         let mut failures = 0u32;
         tracing::info!(worker = %self.id, runners = ?self.runner_types(), store = self.store.kind(), "serving");
         while !stop.is_cancelled() {
             while running.try_join_next().is_some() {}
-            let free = concurrency.saturating_sub(running.len());
+            let room = in_tasks.saturating_sub(running.len());
+            if room == 0 {
+                // Settlements are behind: wait for one.
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+            let free = slots.available_permits().min(room);
             if free == 0 {
                 tokio::select! {
                     _ = running.join_next() => {}
+                    _ = slots.acquire() => {}
                     _ = stop.cancelled() => break,
                 }
                 continue;
@@ -210,10 +227,22 @@ impl Worker {
                 Ok(leases) if !leases.is_empty() => {
                     failures = 0;
                     for lease in leases {
+                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                            // Cannot happen (no more leases than free
+                            // slots); the task would wait for its lease to
+                            // lapse, so run it rather than drop it.
+                            tracing::warn!("more leases than free slots");
+                            let me = self.clone();
+                            let (hard, hurry) = (hard.clone(), hurry.clone());
+                            running.spawn(async move {
+                                me.process_slot(lease, hard, Some(hurry), None).await;
+                            });
+                            continue;
+                        };
                         let me = self.clone();
                         let (hard, hurry) = (hard.clone(), hurry.clone());
                         running.spawn(async move {
-                            me.process_with(lease, hard, Some(hurry)).await;
+                            me.process_slot(lease, hard, Some(hurry), Some(slot)).await;
                         });
                     }
                 }

@@ -31,6 +31,18 @@ impl Worker {
         hard: CancellationToken,
         hurry: Option<CancellationToken>,
     ) -> Disposition {
+        self.process_slot(lease, hard, hurry, None).await
+    }
+
+    /// [`Worker::process_with`], giving `slot` back as soon as the
+    /// execution is over, before the settlement is written.
+    pub(super) async fn process_slot(
+        &self,
+        lease: Lease,
+        hard: CancellationToken,
+        hurry: Option<CancellationToken>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Disposition {
         if let Some(problem) = &lease.body_error {
             return self.settle_bad(&lease, None, "unknown", problem).await;
         }
@@ -196,8 +208,7 @@ impl Worker {
                     worker: Some(worker.clone()),
                     message: format!("{phase}"),
                 };
-                let recorder = recorder.clone();
-                handle.spawn(async move { recorder.push(update).await });
+                recorder.push_now(update, &handle);
             }) as crate::engine::PhaseObserver
         };
         let outcome = served
@@ -212,6 +223,8 @@ impl Worker {
             .instrument(span)
             .await;
         let _ = logs.await;
+        // The test and its resources are gone: the next one may start.
+        drop(slot);
         let cancelled_by_request = run_token.is_cancelled() && !hard.is_cancelled();
         if let Ok(mut running) = self.running.lock() {
             running.remove(&task.execution_key);
