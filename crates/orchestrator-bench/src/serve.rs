@@ -244,6 +244,7 @@ async fn batch_submit(n: usize) -> Result<(f64, f64, f64), String> {
         .arg("--batch")
         .arg(&batch)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .map_err(|e| format!("cannot run submit: {e}"))?;
     let cli = started.elapsed().as_secs_f64();
@@ -300,13 +301,14 @@ pub async fn serve() -> Result<(), String> {
         n as f64 / wall
     );
     let long = (n * 100 / 3).max(1_000);
-    let marks = [long as u64 / 10, long as u64];
+    let marks = [long as u64 / 10, long as u64 / 2, long as u64];
     let (_, rss) = sqlite_run(long, &marks).await?;
-    if let [first, last] = rss[..] {
+    if let [first, middle, last] = rss[..] {
         println!(
-            "serve-rss    {first:>6.1} MiB after {} tasks, {last:.1} MiB after {} ({:+.1} %)",
+            "serve-rss    {first:>6.1} MiB after {} tasks, {middle:.1} MiB after {}, {last:.1} MiB after {} ({:+.1} % from the first to the last)",
             marks[0],
             marks[1],
+            marks[2],
             (last - first) / first.max(0.001) * 100.0
         );
     }
