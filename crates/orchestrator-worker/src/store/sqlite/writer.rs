@@ -12,7 +12,44 @@ use crate::store::StoreError;
 /// savepoint inside the writer's group transaction.
 pub(crate) enum Tx<'c> {
     Top(rusqlite::Transaction<'c>),
-    Nested(rusqlite::Savepoint<'c>),
+    Nested(Nested<'c>),
+}
+
+/// Run `sql` (one statement, no rows) through the statement cache: the
+/// writer's `BEGIN`, `COMMIT`, `SAVEPOINT` and `RELEASE` run several times
+/// per task, and parsing them each time was a measurable share of a
+/// task's store work.
+fn run_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// A savepoint by cached statements (rusqlite's parses its SQL each
+/// time); rolled back when dropped without [`Nested::commit`].
+pub(crate) struct Nested<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Nested<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        run_cached(conn, "SAVEPOINT nested")?;
+        Ok(Self { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.open = false;
+        run_cached(self.conn, "RELEASE nested")
+    }
+}
+
+impl Drop for Nested<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO nested; RELEASE nested");
+        }
+    }
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -21,7 +58,7 @@ impl std::ops::Deref for Tx<'_> {
     fn deref(&self) -> &Connection {
         match self {
             Tx::Top(t) => t,
-            Tx::Nested(s) => s,
+            Tx::Nested(s) => s.conn,
         }
     }
 }
@@ -43,7 +80,7 @@ pub(crate) fn immediate(c: &mut Connection) -> Result<Tx<'_>, StoreError> {
             .map(Tx::Top)
             .map_err(store_err)
     } else {
-        c.savepoint().map(Tx::Nested).map_err(store_err)
+        Nested::begin(c).map(Tx::Nested).map_err(store_err)
     }
 }
 
@@ -102,15 +139,15 @@ impl<T: Send + 'static> WriteDone for Ran<T> {
 /// `f` in a savepoint of its own: its failure (or panic) undoes its own
 /// writes only, never the others' in the group.
 fn in_savepoint<T>(c: &mut Connection, f: WriteFn<T>) -> Result<T, StoreError> {
-    c.execute_batch("SAVEPOINT job").map_err(store_err)?;
+    run_cached(c, "SAVEPOINT job").map_err(store_err)?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(c)))
         .unwrap_or_else(|_| Err(store_err("a store write panicked")));
-    let end = if result.is_ok() {
-        "RELEASE job"
+    if result.is_ok() {
+        run_cached(c, "RELEASE job").map_err(store_err)?;
     } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    c.execute_batch(end).map_err(store_err)?;
+        c.execute_batch("ROLLBACK TO job; RELEASE job")
+            .map_err(store_err)?;
+    }
     result
 }
 
@@ -158,7 +195,7 @@ impl SqliteStore {
                 pending.jobs.drain(..take).collect()
             };
             let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
                 let error = format!("cannot begin a write: {e}");
                 for job in jobs {
                     job.fail(&error);
@@ -167,7 +204,7 @@ impl SqliteStore {
             }
             let ran: Vec<Box<dyn WriteDone>> =
                 jobs.into_iter().map(|job| job.run(&mut conn)).collect();
-            let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
+            let commit_error = run_cached(&conn, "COMMIT").err().map(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 e.to_string()
             });
@@ -238,5 +275,57 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((rows, refused), (54, 0));
+    }
+
+    /// A write transaction inside a group nests as a savepoint of cached
+    /// statements: dropped uncommitted it undoes its rows, committed it
+    /// keeps them, and nested twice the inner one undoes only its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nested_write_undoes_its_rows_when_dropped_uncommitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+                    .map_err(store_err)
+            })
+            .await
+            .unwrap();
+        store
+            .write(|c| {
+                {
+                    let dropped = immediate(c)?;
+                    dropped
+                        .execute("INSERT INTO t VALUES (1)", [])
+                        .map_err(store_err)?;
+                }
+                let kept = immediate(c)?;
+                kept.execute("INSERT INTO t VALUES (2)", [])
+                    .map_err(store_err)?;
+                kept.commit()?;
+                let outer = immediate(c)?;
+                outer
+                    .execute("INSERT INTO t VALUES (3)", [])
+                    .map_err(store_err)?;
+                {
+                    let inner = Nested::begin(&outer).map_err(store_err)?;
+                    inner
+                        .conn
+                        .execute("INSERT INTO t VALUES (4)", [])
+                        .map_err(store_err)?;
+                }
+                outer.commit()
+            })
+            .await
+            .unwrap();
+        let keys: Vec<i64> = store
+            .with(|c| {
+                let mut stmt = c.prepare("SELECT k FROM t ORDER BY k").map_err(store_err)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(store_err)?;
+                rows.collect::<Result<_, _>>().map_err(store_err)
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, [2, 3]);
     }
 }
