@@ -67,6 +67,7 @@ macro_rules! suite {
 }
 
 suite!(
+    leases_go_oldest_first_across_ready_and_expired_tasks,
     lease_ack_requeue_dead_letter_and_replay,
     an_expired_lease_is_redelivered_and_the_old_token_is_fenced,
     an_execution_key_is_submitted_once,
@@ -106,6 +107,35 @@ fn record(attempt: u32) -> AttemptRecord {
 }
 
 const LONG: Duration = Duration::from_secs(60);
+
+/// Ready tasks and tasks whose lease expired are leased in the order they
+/// became visible (SQLite reads each state in index order and merges).
+async fn leases_go_oldest_first_across_ready_and_expired_tasks(f: Fixture) {
+    let q = &f.queue;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for key in ["order-a", "order-b", "order-c"] {
+            ids.push(q.enqueue(&task(key)).await.unwrap().task_id);
+        }
+        ids
+    };
+    // a is leased for a moment, so it becomes visible again after b and c.
+    let first = q
+        .lease_many("w1", Duration::from_millis(1), 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].task_id, ids[0]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let got = q.lease_many("w2", LONG, 1).await.unwrap();
+        assert_eq!(got.len(), 1, "one task a call");
+        order.push(got[0].task_id.clone());
+    }
+    assert_eq!(order, [ids[1].clone(), ids[2].clone(), ids[0].clone()]);
+    assert!(q.lease_many("w2", LONG, 3).await.unwrap().is_empty());
+}
 
 async fn lease_ack_requeue_dead_letter_and_replay(f: Fixture) {
     let q = &f.queue;
