@@ -377,6 +377,18 @@ fn pid_in(file: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
+/// Whether `pid` stops running within a second (50 looks, 20 ms apart):
+/// a SIGKILLed process takes a moment to go.
+async fn gone_within_a_second(pid: i32) -> bool {
+    for _ in 0..50 {
+        if !running(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !running(pid)
+}
+
 /// Whether `pid` runs (a zombie does not count).
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -433,15 +445,10 @@ async fn a_double_forked_daemon_with_closed_pipes_is_gone_after_teardown() {
     assert_eq!(result.status, TestStatus::Passed, "{result:?}");
     let pid = pid_in(&pidfile).expect("the daemon wrote its pid");
     runner.teardown(&ctx, &handle).await.unwrap();
-    let mut alive = running(pid);
-    for _ in 0..50 {
-        if !alive {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        alive = running(pid);
-    }
-    assert!(!alive, "pid {pid} outlived teardown");
+    assert!(
+        gone_within_a_second(pid).await,
+        "pid {pid} outlived teardown"
+    );
 }
 
 #[tokio::test]
@@ -478,13 +485,8 @@ async fn a_daemon_of_a_dropped_run_is_found_by_a_teardown_in_another_process() {
     assert!(running(pid), "the daemon outlives the dropped run");
     let elsewhere = common::runner(dir.path());
     elsewhere.teardown(&ctx, &handle).await.unwrap();
-    let mut alive = running(pid);
-    for _ in 0..50 {
-        if !alive {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        alive = running(pid);
-    }
-    assert!(!alive, "pid {pid} outlived a teardown from another runner");
+    assert!(
+        gone_within_a_second(pid).await,
+        "pid {pid} outlived a teardown from another runner"
+    );
 }

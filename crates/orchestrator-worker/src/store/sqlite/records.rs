@@ -176,33 +176,8 @@ fn set_state(c: &Connection, key: &str, state: ExecState, at: i64) -> Result<()>
 /// Apply one update inside the caller's transaction.
 pub(super) fn apply(c: &Connection, update: &RecordUpdate) -> Result<()> {
     match update {
-        RecordUpdate::State {
-            new,
-            state,
-            at_ms,
-            attempt,
-            worker,
-            message,
-        } => {
-            let at = to_i64(*at_ms);
-            ensure_record(c, new, at)?;
-            // A settled record keeps its final state: a late event of an
-            // attempt does not reopen it.
-            c.exec_cached(
-                "UPDATE executions SET state = ?2, updated_at = ?3 WHERE key = ?1 AND settled = 0",
-                params![new.key, state.as_str(), at],
-            )
-            .map_err(store_err)?;
-            event(
-                c,
-                &new.key,
-                at,
-                *state,
-                *attempt,
-                worker.as_deref(),
-                message,
-            )
-        }
+        // One path for state changes: the batch's (see `apply_all`).
+        RecordUpdate::State { .. } => apply_all(c, std::slice::from_ref(update)),
         RecordUpdate::AttemptEnded { key, detail, state } => {
             let at = to_i64(detail.ended_ms);
             c.exec_cached(
