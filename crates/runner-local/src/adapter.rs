@@ -2,15 +2,14 @@
 
 use std::path::Path;
 
-use runner_core::phase::PhaseMarker;
 use runner_core::{
     Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
     ExecutionError, ListOwnedError, LogStream, OwnedResource, ProvisionError, RunContext,
-    RunnerAdapter, RunnerConfig, RunnerError, RunnerHandle, TeardownError, TestPayload, TestResult,
-    decode_spec,
+    RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError, TestPayload, TestResult, decode_spec,
 };
 
 use crate::config::{LocalBench, LocalConfig};
+use crate::io::io_error;
 use crate::state::{HANDLE_FILE, LocalState, dir_name, list_dirs};
 use crate::{RUNNER_TYPE, artifacts, process, run};
 
@@ -38,22 +37,6 @@ impl LocalProcessRunner {
     /// The settings in force.
     pub fn config(&self) -> &LocalConfig {
         &self.config
-    }
-}
-
-/// An I/O error as a runner error: a permission problem is permanent,
-/// anything else may pass.
-pub(crate) fn io_error<P: PhaseMarker>(
-    ctx: &RunContext,
-    what: &str,
-    err: std::io::Error,
-) -> RunnerError<P> {
-    let message = format!("{what}: {err}");
-    match err.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            RunnerError::permanent(ctx, message)
-        }
-        _ => RunnerError::transient(ctx, message),
     }
 }
 

@@ -3,6 +3,7 @@
 mod adapter;
 mod artifacts;
 pub mod config;
+mod io;
 mod output;
 mod process;
 mod register;

@@ -8,8 +8,8 @@ use runner_core::{
     ExecutionError, LogStream, RunContext, RunnerHandle, TestPayload, TestResult, TestStatus,
 };
 
-use crate::adapter::io_error;
 use crate::config::LocalConfig;
+use crate::io::io_error;
 use crate::process::{self, GroupGuard, GroupRecord, Swept};
 use crate::stage::stage_package;
 use crate::state::LocalState;

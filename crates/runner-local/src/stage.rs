@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use runner_core::{ExecutionError, LogStream, RunContext, TestPayload};
 
-use crate::adapter::io_error;
+use crate::io::io_error;
 use crate::state::LocalState;
 
 /// Put the payload's package into the working directory, once.
