@@ -228,10 +228,8 @@ impl LogSink {
     fn prepare_into(&self, batch: &mut LogBatch, stream: LogStream, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
         let redacted = self.redactor.redact(text);
-        batch.push_prepared(
-            stream,
-            crate::kit::lines::truncate_at_char_boundary(&redacted, Self::MAX_LINE_BYTES),
-        );
+        let end = redacted.floor_char_boundary(Self::MAX_LINE_BYTES);
+        batch.push_prepared(stream, &redacted[..end]);
     }
 }
 

@@ -180,14 +180,7 @@ impl LineAssembler {
 
 /// `text` cut to at most `max` bytes at a character boundary.
 pub fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(max)]
 }
 
 /// A [`LineAssembler`] feeding a [`LogSink`] (and optionally a callback per
