@@ -1,0 +1,204 @@
+//! Execution records: timeline, attempts, results, batched state
+//! changes, history filters and paging.
+
+use super::*;
+
+pub(super) async fn records_keep_the_timeline_attempts_and_result(f: Fixture) {
+    use orchestrator_worker::store::{AttemptDetail, RecordedResult, Settlement};
+    let (q, s) = (&f.queue, &f.store);
+    let t = task("rec");
+    q.enqueue(&t).await.unwrap();
+    let new = new_execution(&t);
+    let at = orchestrator_worker::store::now_ms();
+    let state = |state, m: &str| RecordUpdate::State {
+        new: new.clone(),
+        state,
+        at_ms: at,
+        attempt: Some(1),
+        worker: Some("w".into()),
+        message: m.into(),
+    };
+    let detail = AttemptDetail {
+        attempt: 1,
+        worker: "w".into(),
+        started_ms: at,
+        ended_ms: at + 5,
+        phases: vec![],
+        error: None,
+        disposition: "ack".into(),
+    };
+    s.record(&[
+        state(ExecState::Leased, "leased"),
+        state(ExecState::Provisioning, "provision"),
+        state(ExecState::Running, "run_test"),
+        RecordUpdate::CancelRequested {
+            key: "rec".into(),
+            at_ms: at,
+            by: "me".into(),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.cancel_requested(&["rec".into(), "other".into()])
+            .await
+            .unwrap(),
+        vec!["rec".to_owned()]
+    );
+    s.record(&[RecordUpdate::Settled(Box::new(Settlement {
+        new: new.clone(),
+        state: ExecState::Passed,
+        at_ms: at + 6,
+        attempt: Some(detail.clone()),
+        result: Some(RecordedResult {
+            status: "passed".into(),
+            exit_code: Some(0),
+            duration_ms: 5,
+            counts: None,
+            diagnosis: None,
+        }),
+        artifacts: vec![],
+        cases: vec![],
+        error: None,
+    }))])
+    .await
+    .unwrap();
+    // A late event of the attempt does not reopen a settled record.
+    s.record(&[state(ExecState::TearingDown, "late")])
+        .await
+        .unwrap();
+    let r = s.execution("rec").await.unwrap().unwrap();
+    assert_eq!(r.state, ExecState::Passed);
+    assert_eq!(r.new.correlation_id, "pipeline-7");
+    assert_eq!(r.new.payload, "payload-rec");
+    assert_eq!(r.attempts, vec![detail]);
+    assert_eq!(r.result.as_ref().unwrap().exit_code, Some(0));
+    assert!(r.settled_ms.is_some());
+    let states: Vec<_> = r.timeline.iter().map(|e| e.state).collect();
+    assert_eq!(states.first(), Some(&ExecState::Queued));
+    assert!(states.contains(&ExecState::Running) && states.contains(&ExecState::Passed));
+    assert!(
+        s.cancel_requested(&["rec".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "settled"
+    );
+    assert!(s.execution("nope").await.unwrap().is_none());
+}
+
+/// What the recorder sends a busy store: several state changes of two
+/// executions, one settling in the middle, a late event after it, all in
+/// one batch. Every event is kept; each record ends in its last state, and
+/// the settled one in its final one.
+pub(super) async fn one_batch_of_state_changes_keeps_every_event_and_the_right_state(f: Fixture) {
+    use orchestrator_worker::store::Settlement;
+    let (q, s) = (&f.queue, &f.store);
+    let (a, b) = (task("batch-a"), task("batch-b"));
+    q.enqueue(&a).await.unwrap();
+    q.enqueue(&b).await.unwrap();
+    let at = orchestrator_worker::store::now_ms();
+    let state = |t: &Task, state, m: &str| RecordUpdate::State {
+        new: new_execution(t),
+        state,
+        at_ms: at,
+        attempt: Some(1),
+        worker: Some("w".into()),
+        message: m.into(),
+    };
+    s.record(&[
+        state(&a, ExecState::Leased, "a leased"),
+        state(&b, ExecState::Leased, "b leased"),
+        state(&a, ExecState::Provisioning, "a provision"),
+        state(&b, ExecState::Provisioning, "b provision"),
+        state(&a, ExecState::Running, "a run"),
+        RecordUpdate::Settled(Box::new(Settlement {
+            new: new_execution(&a),
+            state: ExecState::Passed,
+            at_ms: at + 1,
+            attempt: None,
+            result: None,
+            artifacts: vec![],
+            cases: vec![],
+            error: None,
+        })),
+        state(&a, ExecState::TearingDown, "a late"),
+        state(&b, ExecState::Running, "b run"),
+    ])
+    .await
+    .unwrap();
+    let ra = s.execution("batch-a").await.unwrap().unwrap();
+    assert_eq!(
+        ra.state,
+        ExecState::Passed,
+        "a settled record keeps its state"
+    );
+    let messages: Vec<_> = ra.timeline.iter().map(|e| e.message.as_str()).collect();
+    for m in ["a leased", "a provision", "a run", "a late"] {
+        assert!(messages.contains(&m), "{m} missing from {messages:?}");
+    }
+    let rb = s.execution("batch-b").await.unwrap().unwrap();
+    assert_eq!(rb.state, ExecState::Running, "the last state change wins");
+    let states: Vec<_> = rb.timeline.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            ExecState::Queued,
+            ExecState::Leased,
+            ExecState::Provisioning,
+            ExecState::Running
+        ]
+    );
+}
+
+pub(super) async fn history_filters_and_pages(f: Fixture) {
+    let (q, s) = (&f.queue, &f.store);
+    for i in 0..5 {
+        let mut t = task(&format!("h{i}"));
+        if i % 2 == 0 {
+            t.correlation_id = Some("even".into());
+        }
+        q.enqueue(&t).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let all = s
+        .executions(&HistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<_> = all.iter().map(|r| r.new.key.as_str()).collect();
+    assert_eq!(keys, ["h4", "h3", "h2", "h1", "h0"], "newest first");
+    let even = s
+        .executions(&HistoryFilter {
+            correlation_id: Some("even".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(even.len(), 3);
+    let page = s
+        .executions(&HistoryFilter {
+            limit: 2,
+            before_ms: Some(all[1].created_ms),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.new.key.as_str()).collect::<Vec<_>>(),
+        ["h2", "h1"]
+    );
+    let queued = s
+        .executions(&HistoryFilter {
+            state: Some(ExecState::Queued),
+            runner: Some("local_mock".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 5);
+}
