@@ -48,6 +48,8 @@ async fn run_example(
             payload: &payload,
             observer: None,
             hurry: None,
+            journal_clear: false,
+            journal_end_by_caller: false,
         })
         .await;
     let lines = rx.drain_now().into_iter().map(|l| l.text).collect();

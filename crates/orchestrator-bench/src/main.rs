@@ -75,6 +75,8 @@ fn spawn_lifecycle(
                 payload: &payload,
                 observer: None,
                 hurry: None,
+                journal_clear: false,
+                journal_end_by_caller: false,
             })
             .await;
         drop(permit);

@@ -39,6 +39,8 @@ async fn run(config: &RunnerConfig) -> (Engine, Option<TestStatus>, u32) {
             payload: &fixtures::passing(),
             observer: None,
             hurry: None,
+            journal_clear: false,
+            journal_end_by_caller: false,
         })
         .await;
     let status = outcome.result.as_ref().map(|r| r.status);

@@ -94,6 +94,8 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
                 payload: &fixtures::passing(),
                 observer: None,
                 hurry: None,
+                journal_clear: false,
+                journal_end_by_caller: false,
             })
             .await;
         teardowns += outcome.teardown_calls;

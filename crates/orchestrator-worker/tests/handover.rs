@@ -43,6 +43,8 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
                     payload: &fixtures::passing(),
                     observer: None,
                     hurry: None,
+                    journal_clear: false,
+                    journal_end_by_caller: false,
                 })
                 .await
         }

@@ -77,6 +77,8 @@ async fn execute(adapter: MockAdapter, attempt: u32) -> (ExecutionOutcome, Dispo
             payload: &TestPayload::default(),
             observer: None,
             hurry: None,
+            journal_clear: false,
+            journal_end_by_caller: false,
         })
         .await;
     let disposition = decide(

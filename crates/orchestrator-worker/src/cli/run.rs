@@ -217,6 +217,8 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
             payload: &payload,
             observer,
             hurry: Some(hurry),
+            journal_clear: false,
+            journal_end_by_caller: false,
         })
         .await;
     signals.abort();

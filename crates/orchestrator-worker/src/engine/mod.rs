@@ -13,7 +13,7 @@ mod acquire;
 mod outcome;
 mod release;
 
-pub use outcome::{ExecutionOutcome, PhaseFailure};
+pub use outcome::{ExecutionOutcome, JournalEnd, PhaseFailure};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +77,18 @@ pub struct Execution<'a> {
     /// Fired to stop waiting for artifacts (a second Ctrl-C): collection is
     /// cut short, teardown still runs.
     pub hurry: Option<runner_core::CancellationToken>,
+    /// The caller knows, from the store it leased the task from, that no
+    /// live journal entry exists for this execution key
+    /// ([`Lease::journal_clear`](crate::queue::Lease::journal_clear)): the
+    /// journal claim before provisioning is skipped. `false`: claim.
+    pub journal_clear: bool,
+    /// The caller writes the journal's end itself, after giving the slot
+    /// back ([`ExecutionOutcome::journal_end`], [`Engine::end_journal`]),
+    /// so the next test does not wait for that write. A crash before it
+    /// leaves the entry live for its dead owner: the reaper (or a
+    /// redelivery) finds the handle gone and ends it. `false`: the engine
+    /// writes it before returning.
+    pub journal_end_by_caller: bool,
 }
 
 /// Drives executions through one (layered) adapter.
@@ -194,7 +206,11 @@ impl Engine {
 
         observe(Phase::Provision);
         let clock = std::time::Instant::now();
-        let acquired = self.acquire(ctx, exec.bench, &mut outcome).await;
+        let acquired = if exec.journal_clear {
+            self.provision_fresh(ctx, exec.bench, &mut outcome).await
+        } else {
+            self.acquire(ctx, exec.bench, &mut outcome).await
+        };
         outcome.timed(Phase::Provision, clock);
         let mut held = match acquired {
             Ok(held) => held,
@@ -269,9 +285,21 @@ impl Engine {
         observe(Phase::Teardown);
         let clock = std::time::Instant::now();
         self.release(&cleanup_ctx, &held, &mut outcome).await;
+        if !exec.journal_end_by_caller {
+            self.end_journal(&mut outcome).await;
+        }
         outcome.timed(Phase::Teardown, clock);
         outcome.ended_ms = now_ms();
         outcome
+    }
+
+    /// Write the journal's end that `outcome` still carries
+    /// ([`Execution::journal_end_by_caller`]); nothing when there is none.
+    pub async fn end_journal(&self, outcome: &mut ExecutionOutcome) {
+        if let Some(end) = outcome.journal_end.take() {
+            self.journal_end(Some(end.entry), end.state, end.note.as_deref())
+                .await;
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::panic::is_panic;
 use crate::policy::Ending;
-use crate::store::PhaseTiming;
+use crate::store::{JournalState, PhaseTiming};
 
 /// A phase that failed, as recorded in an outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +67,21 @@ pub struct ExecutionOutcome {
     pub started_ms: u64,
     /// When it ended.
     pub ended_ms: u64,
+    /// The journal's end still to write, when the caller writes it
+    /// ([`Execution::journal_end_by_caller`](super::Execution::journal_end_by_caller)).
+    #[serde(skip)]
+    pub journal_end: Option<JournalEnd>,
+}
+
+/// The end of a journaled handle, not yet written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEnd {
+    /// The journal entry.
+    pub entry: i64,
+    /// Released, or left for the reaper.
+    pub state: JournalState,
+    /// Why, when teardown failed.
+    pub note: Option<String>,
 }
 
 impl ExecutionOutcome {

@@ -3,7 +3,7 @@
 
 use runner_core::{RunContext, RunnerHandle};
 
-use super::{Engine, ExecutionOutcome, Held, PhaseFailure};
+use super::{Engine, ExecutionOutcome, Held, JournalEnd, PhaseFailure};
 use crate::store::{Claim, JournalState};
 
 impl Engine {
@@ -34,6 +34,7 @@ impl Engine {
         };
         let mut outcome = ExecutionOutcome::default();
         self.release(&ctx, &held, &mut outcome).await;
+        self.end_journal(&mut outcome).await;
     }
 
     /// Journal a handle nobody will use, tear it down, journal the end: a
@@ -118,6 +119,7 @@ impl Engine {
                 (JournalState::TeardownFailed, Some(err.to_string()))
             }
         };
-        self.journal_end(held.entry, state, note.as_deref()).await;
+        // Written by `execute` before it returns, or by its caller.
+        outcome.journal_end = held.entry.map(|entry| JournalEnd { entry, state, note });
     }
 }

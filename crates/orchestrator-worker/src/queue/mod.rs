@@ -72,6 +72,13 @@ pub struct Lease {
     pub history: Vec<AttemptRecord>,
     /// Message attributes (SQS): the submitter's W3C trace context.
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// No live journal entry existed for the task's execution key when it
+    /// was leased, read by the lease's own statement (a queue that is its
+    /// own store: SQLite, PostgreSQL). The worker then skips the journal
+    /// claim before provisioning, one store round trip per task, when the
+    /// queue and its store are one database ([`TaskQueue::database_id`]).
+    /// `false` where the queue cannot tell (SQS).
+    pub journal_clear: bool,
 }
 
 /// A task in the dead-letter queue.
@@ -130,6 +137,15 @@ pub trait TaskQueue: Send + Sync + std::fmt::Debug + 'static {
     /// caller creates it in the store first (see [`crate::submit`]).
     fn keeps_records(&self) -> bool {
         false
+    }
+
+    /// Which open database this queue reads ([`Store::database_id`] of
+    /// the same value: one database, so what a lease says of the journal
+    /// holds for the store). `None` for a queue that is not a database.
+    ///
+    /// [`Store::database_id`]: crate::store::Store::database_id
+    fn database_id(&self) -> Option<usize> {
+        None
     }
 
     /// Enqueue a task. A queue that keeps records creates `new`'s record

@@ -380,6 +380,7 @@ impl TaskQueue for SqsQueue {
             token: m.receipt_handle().unwrap_or_default().to_string(),
             history: Vec::new(),
             attributes,
+            journal_clear: false,
         }))
     }
 

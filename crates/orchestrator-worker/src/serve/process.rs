@@ -211,7 +211,12 @@ impl Worker {
                 recorder.push_now(update, &handle);
             }) as crate::engine::PhaseObserver
         };
-        let outcome = served
+        // What the lease read of the journal holds only for the database
+        // the engine journals in.
+        let journal_clear = lease.journal_clear
+            && self.queue.database_id().is_some()
+            && self.queue.database_id() == self.store.database_id();
+        let mut outcome = served
             .engine
             .execute(Execution {
                 ctx,
@@ -219,12 +224,15 @@ impl Worker {
                 payload: &resolved,
                 observer: Some(observer),
                 hurry,
+                journal_clear,
+                journal_end_by_caller: true,
             })
             .instrument(span)
             .await;
         let _ = logs.await;
         // The test and its resources are gone: the next one may start.
         drop(slot);
+        served.engine.end_journal(&mut outcome).await;
         let cancelled_by_request = run_token.is_cancelled() && !hard.is_cancelled();
         if let Ok(mut running) = self.running.lock() {
             running.remove(&task.execution_key);

@@ -195,6 +195,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 
+    /// Which open database this is: the same value for every clone of one
+    /// opened store, and for the queue of the same database
+    /// ([`TaskQueue::database_id`](crate::queue::TaskQueue::database_id)).
+    fn database_id(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether workers on other machines share it (PostgreSQL), or it is a
     /// file of this machine (SQLite).
     fn is_shared(&self) -> bool;

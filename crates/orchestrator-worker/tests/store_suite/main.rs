@@ -88,6 +88,7 @@ suite!(
     concurrent_leasers_never_share_a_task,
     a_queued_task_can_be_removed,
     journal_claims_follow_the_owners_heartbeat,
+    a_lease_tells_whether_the_journal_holds_its_key,
     workers_register_beat_and_are_pruned,
     a_lock_has_one_holder_until_it_expires,
     leak_sightings_remember_the_first_time,

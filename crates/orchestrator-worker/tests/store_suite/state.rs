@@ -154,3 +154,40 @@ pub(super) async fn leak_sightings_remember_the_first_time(f: Fixture) {
     assert!(again["r2"] < Duration::from_millis(250), "{again:?}");
     assert!(again["r1"] >= Duration::from_millis(250));
 }
+
+/// A lease reads the journal in its own statement: a task whose execution
+/// key has no live entry is `journal_clear` (the worker skips its claim);
+/// one with a live entry (its last worker died holding a handle) is not,
+/// and a released or failed entry does not count. The queue and the store
+/// say they are one database.
+pub(super) async fn a_lease_tells_whether_the_journal_holds_its_key(f: Fixture) {
+    let (q, s) = (&f.queue, &f.store);
+    assert!(q.database_id().is_some());
+    assert_eq!(q.database_id(), s.database_id());
+    for key in ["clear", "held", "ended"] {
+        q.enqueue(&task(key)).await.unwrap();
+    }
+    s.journal_provisioned("held", &handle("h1"), "gone-worker")
+        .await
+        .unwrap();
+    let ended = s
+        .journal_provisioned("ended", &handle("h2"), "gone-worker")
+        .await
+        .unwrap();
+    s.journal_end(ended, JournalState::TeardownFailed, Some("left"))
+        .await
+        .unwrap();
+    let leased = q.lease_many("w", LONG, 3).await.unwrap();
+    let clear: Vec<(String, bool)> = leased
+        .iter()
+        .map(|l| (Task::parse(&l.body).unwrap().execution_key, l.journal_clear))
+        .collect();
+    assert_eq!(
+        clear,
+        [
+            ("clear".to_owned(), true),
+            ("held".to_owned(), false),
+            ("ended".to_owned(), true)
+        ]
+    );
+}

@@ -151,6 +151,13 @@ pub struct PgStore {
     shown: String,
 }
 
+impl PgStore {
+    /// The identity of this connected store, shared by its clones.
+    fn database(&self) -> usize {
+        Arc::as_ptr(&self.wake).addr()
+    }
+}
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PgStore({})", self.shown)

@@ -111,6 +111,10 @@ impl TaskQueue for PgStore {
         true
     }
 
+    fn database_id(&self) -> Option<usize> {
+        Some(self.database())
+    }
+
     async fn submit(&self, task: &Task, new: &NewExecution) -> Result<Submitted> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -180,7 +184,9 @@ impl TaskQueue for PgStore {
                  FROM (SELECT id FROM tasks WHERE state IN ('ready', 'leased') AND visible_at <= orch_now_ms()
                        ORDER BY visible_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) pick
                  WHERE t.id = pick.id
-                 RETURNING t.id, t.body, t.attempts, t.history, t.attributes",
+                 RETURNING t.id, t.body, t.attempts, t.history, t.attributes,
+                           NOT EXISTS (SELECT 1 FROM journal j
+                                       WHERE j.execution_key = t.execution_key AND j.state = 'live')",
             )
             .await
             .map_err(pg_err)?;
@@ -206,6 +212,7 @@ impl TaskQueue for PgStore {
                     token: token.clone(),
                     history,
                     attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                    journal_clear: r.get(5),
                 }
             })
             .collect();

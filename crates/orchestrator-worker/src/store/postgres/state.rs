@@ -37,6 +37,10 @@ fn to_entry(r: &tokio_postgres::Row) -> Result<JournalEntry> {
 
 #[runner_core::async_trait]
 impl Store for PgStore {
+    fn database_id(&self) -> Option<usize> {
+        Some(self.database())
+    }
+
     fn kind(&self) -> &'static str {
         "postgres"
     }

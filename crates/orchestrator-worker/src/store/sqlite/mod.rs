@@ -192,6 +192,13 @@ pub struct SqliteStore {
     path: String,
 }
 
+impl SqliteStore {
+    /// The identity of this opened file, shared by its clones.
+    fn database(&self) -> usize {
+        Arc::as_ptr(&self.conn).addr()
+    }
+}
+
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SqliteStore({})", self.path)

@@ -101,7 +101,9 @@ fn lease_rows(
                          SELECT id, visible_at FROM tasks WHERE state = 'leased' AND visible_at <= ?1
                          ORDER BY visible_at, id LIMIT ?5))
                  ORDER BY visible_at, id LIMIT ?5)
-             RETURNING id, body, attempts, history, attributes",
+             RETURNING id, body, attempts, history, attributes,
+                       NOT EXISTS (SELECT 1 FROM journal j
+                                   WHERE j.execution_key = tasks.execution_key AND j.state = 'live')",
         )
         .map_err(store_err)?;
     let rows = stmt
@@ -112,12 +114,13 @@ fn lease_rows(
                 r.get::<_, i64>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<String>>(4)?,
+                r.get::<_, bool>(5)?,
             ))
         })
         .map_err(store_err)?;
     let mut leases = Vec::new();
     for row in rows {
-        let (id, body, attempts, history, attributes) = row.map_err(store_err)?;
+        let (id, body, attempts, history, attributes, journal_clear) = row.map_err(store_err)?;
         let (body, body_error) = match body {
             Ok(body) => (body, None),
             Err(problem) => (String::new(), Some(format!("the task body {problem}"))),
@@ -135,6 +138,7 @@ fn lease_rows(
             attributes: attributes
                 .and_then(|a| serde_json::from_str(&a).ok())
                 .unwrap_or_default(),
+            journal_clear,
         });
     }
     leases.sort_by_key(|l| l.task_id.parse::<i64>().unwrap_or(i64::MAX));
@@ -165,6 +169,10 @@ impl SqliteStore {
 impl TaskQueue for SqliteStore {
     fn keeps_records(&self) -> bool {
         true
+    }
+
+    fn database_id(&self) -> Option<usize> {
+        Some(self.database())
     }
 
     async fn submit(&self, task: &Task, new: &NewExecution) -> Result<Submitted> {

@@ -151,6 +151,10 @@ fn sightings(
 
 #[runner_core::async_trait]
 impl Store for SqliteStore {
+    fn database_id(&self) -> Option<usize> {
+        Some(self.database())
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }
