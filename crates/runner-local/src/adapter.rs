@@ -10,7 +10,7 @@ use runner_core::{
 
 use crate::config::{LocalBench, LocalConfig};
 use crate::io::io_error;
-use crate::state::{HANDLE_FILE, LocalState, dir_name, list_dirs};
+use crate::state::{HANDLE_FILE, LocalState, dir_name, list_dirs, read_handle_file};
 use crate::{RUNNER_TYPE, artifacts, process, run};
 
 /// Runs payloads as local processes; see the crate docs.
@@ -96,6 +96,7 @@ impl RunnerAdapter for LocalProcessRunner {
             dir: self.config.root.join(name),
             execution_key: ctx.execution_key().to_owned(),
             worker: ctx.worker_id().to_owned(),
+            flat: true,
         };
         let handle_path = state.meta().join(HANDLE_FILE);
         let handle = RunnerHandle::new(
@@ -108,19 +109,19 @@ impl RunnerAdapter for LocalProcessRunner {
         // All file work in one blocking hop: a hop per call cost more than
         // the calls on a busy two-core machine.
         let dir = state.dir.clone();
-        let dirs = [state.work(), state.meta()];
+        // The records go in the directory itself, made with `work/`.
+        let work = state.work();
         let json = handle.to_json();
         let made = tokio::task::spawn_blocking(move || -> std::io::Result<Option<RunnerHandle>> {
-            if let Ok(text) = std::fs::read_to_string(&handle_path)
+            if let Some((_, text)) = read_handle_file(&dir)
                 && let Ok(existing) = RunnerHandle::from_json(&text)
             {
-                // A redelivered or retried execution adopts its directory.
+                // A redelivered or retried execution adopts its directory
+                // (in the layout it was made with).
                 return Ok(Some(existing));
             }
             let made = (|| {
-                for d in &dirs {
-                    std::fs::create_dir_all(d)?;
-                }
+                std::fs::create_dir_all(&work)?;
                 // One small write in place, no temporary file and rename
                 // (a metadata operation fewer per test): a torn file reads
                 // as no handle, and the next provision writes it again.
@@ -175,6 +176,7 @@ impl RunnerAdapter for LocalProcessRunner {
         let dest = artifacts::destination(&self.config.artifacts_dir, ctx.execution_id())
             .map_err(|message| ArtifactError::permanent(ctx, message))?;
         let redactor = payload.redactor();
+        let empty = self.config.artifacts_dir.join(EMPTY_LOG);
         let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dest)?;
             let mut bundle = ArtifactBundle::default();
@@ -190,7 +192,7 @@ impl RunnerAdapter for LocalProcessRunner {
                     // Already redacted as it was written.
                     link_or_copy(&source, &target)?;
                 } else {
-                    std::fs::write(&target, b"")?;
+                    link_empty(&empty, &target)?;
                 }
                 bundle.artifacts.push(Artifact::from_local_file(
                     &name,
@@ -260,6 +262,40 @@ impl RunnerAdapter for LocalProcessRunner {
             )),
         }
     }
+}
+
+/// The shared empty file under `artifacts_dir` that the log of a silent
+/// stream links to.
+const EMPTY_LOG: &str = ".empty.log";
+
+/// An empty log at `target` as a hard link to the one shared, read-only
+/// empty file `shared` (made here the first time): no new inode for each
+/// execution whose stream stayed silent, and on ext4 allocating inodes is
+/// most of a short test's file-system cost. A fresh empty file where no
+/// link can be made (the file system's link limit, a `shared` that is not
+/// empty).
+fn link_empty(shared: &Path, target: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(shared)
+    {
+        // Made now, or by an earlier execution (or another worker).
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return std::fs::write(target, b""),
+    }
+    let still_empty = std::fs::metadata(shared).is_ok_and(|m| m.is_file() && m.len() == 0);
+    if still_empty && std::fs::hard_link(shared, target).is_ok() {
+        return Ok(());
+    }
+    std::fs::write(target, b"")
 }
 
 /// Put the finished log `source` at `target`: a hard link (no copy, no

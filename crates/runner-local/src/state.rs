@@ -16,6 +16,12 @@ pub(crate) struct LocalState {
     /// The worker that provisioned it (empty outside a worker).
     #[serde(default)]
     pub(crate) worker: String,
+    /// The records (handle, process group, logs) lie in the directory
+    /// itself, beside `work/`: one directory fewer to make and remove per
+    /// test. Handles made before this field existed say `false` and keep
+    /// them in `meta/`; both are read and torn down alike.
+    #[serde(default)]
+    pub(crate) flat: bool,
 }
 
 impl LocalState {
@@ -23,7 +29,11 @@ impl LocalState {
         self.dir.join("work")
     }
     pub(crate) fn meta(&self) -> PathBuf {
-        self.dir.join("meta")
+        if self.flat {
+            self.dir.clone()
+        } else {
+            self.dir.join(LEGACY_META)
+        }
     }
     pub(crate) fn group_file(&self) -> PathBuf {
         self.meta().join("group.json")
@@ -34,6 +44,19 @@ impl LocalState {
 }
 
 pub(crate) const HANDLE_FILE: &str = "handle.json";
+
+/// Where records lay before the flat layout (see [`LocalState::flat`]).
+const LEGACY_META: &str = "meta";
+
+/// The handle file of the execution directory `dir`, in either layout.
+pub(crate) fn read_handle_file(dir: &Path) -> Option<(PathBuf, String)> {
+    [
+        dir.join(HANDLE_FILE),
+        dir.join(LEGACY_META).join(HANDLE_FILE),
+    ]
+    .into_iter()
+    .find_map(|path| std::fs::read_to_string(&path).ok().map(|text| (path, text)))
+}
 
 /// The directory name of execution `key` under the root: the key itself
 /// where it is safe, cleaned and suffixed with a hash where it was not.
@@ -72,8 +95,7 @@ pub(crate) fn list_dirs(root: &Path) -> std::io::Result<Vec<OwnedResource>> {
     };
     let mut owned = Vec::new();
     for entry in entries.flatten() {
-        let path = entry.path().join("meta").join(HANDLE_FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Some((path, text)) = read_handle_file(&entry.path()) else {
             continue;
         };
         let Ok(handle) = RunnerHandle::from_json(&text) else {
