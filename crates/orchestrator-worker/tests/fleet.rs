@@ -269,9 +269,7 @@ async fn scenario(with_sqs: bool) {
         // A long test whose process runs (its group is recorded).
         let holds_long = held.iter().any(|e| {
             e.execution_key.starts_with("long-")
-                && Path::new(e.handle.handle_id())
-                    .join("meta/group.json")
-                    .exists()
+                && Path::new(e.handle.handle_id()).join("group.json").exists()
         });
         if holds_long && !settled(&fleet.log(0)).is_empty() {
             workers[0].kill().unwrap();
@@ -337,7 +335,7 @@ async fn scenario(with_sqs: bool) {
         .filter(|e| e.handle.runner_type() == "local")
         .filter_map(|e| {
             let group: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(Path::new(e.handle.handle_id()).join("meta/group.json"))
+                &std::fs::read_to_string(Path::new(e.handle.handle_id()).join("group.json"))
                     .ok()?,
             )
             .ok()?;
