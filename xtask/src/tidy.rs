@@ -173,6 +173,8 @@ mod tests {
                 "type ",
                 "mod ",
                 "macro_rules! ",
+                // A public field (`Lease::journal_clear`).
+                "pub ",
             ]
             .iter()
             .any(|kw| {
