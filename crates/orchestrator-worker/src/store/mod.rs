@@ -197,7 +197,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Which open database this is: the same value for every clone of one
     /// opened store, and for the queue of the same database
-    /// ([`TaskQueue::database_id`](crate::queue::TaskQueue::database_id)).
+    /// ([`TaskQueue::database_id`]).
     fn database_id(&self) -> Option<usize> {
         None
     }
