@@ -9,7 +9,7 @@
 
 use runner_core::{EnvVar, ErrorKind, TestPayload};
 
-use crate::validate::Invalid;
+use crate::invalid::Invalid;
 
 /// The largest secret file read.
 pub const MAX_SECRET_BYTES: u64 = 64 * 1024;

@@ -6,24 +6,7 @@
 
 use runner_core::{BenchSpec, RunContext, RunnerAdapter, TestPayload};
 
-/// What is wrong, and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid field `{field}`: {message}")]
-pub struct Invalid {
-    /// The dotted path of the field (`bench.runner`, `payload.artifacts[0]`).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl Invalid {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::invalid::Invalid;
 
 /// The longest payload name accepted.
 pub const MAX_NAME_BYTES: usize = 1024;

@@ -1,4 +1,5 @@
-//! `GET /v1/executions/{key}/events`: Server-Sent Events of an execution's
+//! The stream behind `GET /v1/executions/{key}/events` (the route is
+//! `routes::executions::events`): Server-Sent Events of an execution's
 //! state changes until it settles. Each timeline entry is one `state`
 //! event (its `id` the entry's index, so a client that reconnects with
 //! `Last-Event-ID` gets only what it missed); the end is one `settled`
@@ -8,14 +9,9 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 
 use super::SharedState;
-use super::auth::Scope;
-use super::problem::ApiResult;
 
 /// How often the store is read while a client listens.
 const POLL: Duration = Duration::from_millis(300);
@@ -30,22 +26,6 @@ struct Follow {
     done: bool,
     started: std::time::Instant,
     pending: std::collections::VecDeque<Event>,
-}
-
-pub(super) async fn events(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> ApiResult<Response> {
-    state.authorize(&headers, Scope::Read)?;
-    // 404 before the stream starts.
-    super::routes::record_of(&state, &key).await?;
-    let sent = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(0, |id| id + 1);
-    Ok(stream(state, key, sent).into_response())
 }
 
 /// The event stream of `key`, from timeline entry `sent` on.

@@ -119,12 +119,12 @@ async fn remote(server: &str, action: DlqAction) -> CliResult {
             }
         }
         DlqAction::Show { id } => {
-            let path = format!("/v1/dlq/{}", super::remote::encode(&id, false));
+            let path = format!("/v1/dlq/{}", crate::percent::encode_component(&id));
             let doc = remote.get(&path, "dlq show").await?;
             println!("{}", json(&doc["dead_letter"])?);
         }
         DlqAction::Replay { id } => {
-            let path = format!("/v1/dlq/{}/replay", super::remote::encode(&id, false));
+            let path = format!("/v1/dlq/{}/replay", crate::percent::encode_component(&id));
             let doc = remote
                 .post(&path, &serde_json::json!({}), "dlq replay")
                 .await?;

@@ -24,6 +24,7 @@ mod results_cmds;
 mod run;
 mod serve;
 mod submit_cmd;
+mod summary;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -285,16 +286,6 @@ async fn dispatch(command: Command, make: MakeFactory) -> CliResult {
         Command::Backends => admin::backends(make),
         Command::Api(args) => api_cmd::api(args, make).await,
     }
-}
-
-/// Percent-encode one URL path segment or query value.
-pub fn encode_component(text: &str) -> String {
-    remote::encode(text, false)
-}
-
-/// Percent-encode a URL path, keeping its `/`.
-pub fn encode_path(text: &str) -> String {
-    remote::encode(text, true)
 }
 
 /// Read a YAML file into `T`; errors name the file and the key (exit 4).

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{CliError, CliResult};
+use crate::percent::{encode_component, encode_path};
 use crate::store::{ExecState, ExecutionRecord, RecordedArtifact};
 use crate::task::Task;
 
@@ -25,19 +26,6 @@ pub(crate) struct Remote {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
-}
-
-/// Percent-encode a path segment (`/` too, unless `keep_slash`).
-pub(crate) fn encode(segment: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Remote {
@@ -139,7 +127,10 @@ impl Remote {
     /// One execution's record.
     pub(crate) async fn record(&self, key: &str) -> Result<ExecutionRecord, CliError> {
         let doc = self
-            .get(&format!("/v1/executions/{}", encode(key, false)), "status")
+            .get(
+                &format!("/v1/executions/{}", encode_component(key)),
+                "status",
+            )
             .await?;
         serde_json::from_value(doc["execution"].clone())
             .map_err(|e| CliError::infra(format!("status: unexpected answer: {e}")))
@@ -152,7 +143,7 @@ impl Remote {
     ) -> Result<(Vec<ExecutionRecord>, Option<String>), CliError> {
         let q: Vec<String> = query
             .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v, false)))
+            .map(|(k, v)| format!("{k}={}", encode_component(v)))
             .collect();
         let doc = self
             .get(&format!("/v1/executions?{}", q.join("&")), "history")
@@ -193,8 +184,8 @@ impl Remote {
         let what = format!("artifact {}", artifact.name);
         let path = format!(
             "/v1/executions/{}/artifacts/{}",
-            encode(key, false),
-            encode(&artifact.name, true)
+            encode_component(key),
+            encode_path(&artifact.name)
         );
         let mut response = self
             .send(self.request(reqwest::Method::GET, &path), &what)
@@ -251,7 +242,7 @@ impl Remote {
     pub(crate) async fn cancel(&self, key: &str) -> Result<String, CliError> {
         let doc = self
             .post(
-                &format!("/v1/executions/{}/cancel", encode(key, false)),
+                &format!("/v1/executions/{}/cancel", encode_component(key)),
                 &json!({}),
                 "cancel",
             )
@@ -412,7 +403,7 @@ async fn follow(remote: &Remote, keys: &[String], options: WaitOptions<'_>) -> C
         }
         return Ok(super::EXIT_CANCELLED);
     }
-    super::submit_cmd::summary(&records);
+    super::summary::summary(&records);
     if let Some(path) = options.junit {
         std::fs::write(path, crate::junit::render(&records))
             .map_err(|e| CliError::infra(format!("cannot write {}: {e}", path.display())))?;

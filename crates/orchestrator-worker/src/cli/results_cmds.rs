@@ -106,7 +106,7 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
         }
     }
     if r.state.is_settled() {
-        super::submit_cmd::summary(std::slice::from_ref(&r));
+        super::summary::summary(std::slice::from_ref(&r));
     }
     Ok(0)
 }

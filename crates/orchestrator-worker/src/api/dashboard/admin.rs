@@ -29,13 +29,13 @@ pub(super) async fn dlq(State(state): State<SharedState>, headers: HeaderMap) ->
                     @let key = crate::task::Task::parse(&l.body).ok().map(|t| t.execution_key);
                     tr class="dead_lettered" {
                         td { (l.id) }
-                        td { @if let Some(k) = &key { a href={ "/executions/" (crate::cli::encode_component(k)) } { (k) } } @else { "(unreadable task)" } }
+                        td { @if let Some(k) = &key { a href={ "/executions/" (crate::percent::encode_component(k)) } { (k) } } @else { "(unreadable task)" } }
                         td { (l.reason) }
                         td { ul { @for h in &l.history { li { "#" (h.attempt) " " (when(h.at_ms)) " on " (h.worker) ": " (h.message) } } } }
                         td { (when(l.created_ms)) }
                         td {
                             @if who.admin {
-                                form method="post" action={ "/dlq/" (crate::cli::encode_component(&l.id)) "/replay" } {
+                                form method="post" action={ "/dlq/" (crate::percent::encode_component(&l.id)) "/replay" } {
                                     button class="replay" data-id=(l.id) type="submit" { "Replay" }
                                 }
                             } @else { span title="needs an admin token" { "—" } }
@@ -61,10 +61,11 @@ pub(super) async fn replay(
         Ok((task_id, key)) => {
             tracing::info!(token = %who.id, %id, %task_id, "dead letter replayed from the dashboard");
             match key {
-                Some(k) => {
-                    Redirect::to(&format!("/executions/{}", crate::cli::encode_component(&k)))
-                        .into_response()
-                }
+                Some(k) => Redirect::to(&format!(
+                    "/executions/{}",
+                    crate::percent::encode_component(&k)
+                ))
+                .into_response(),
                 None => Redirect::to("/dlq").into_response(),
             }
         }

@@ -56,7 +56,7 @@ pub(super) async fn executions(
         let mut params: Vec<String> = q
             .iter()
             .filter(|(k, v)| k.as_str() != "cursor" && !v.is_empty())
-            .map(|(k, v)| format!("{k}={}", crate::cli::encode_component(v)))
+            .map(|(k, v)| format!("{k}={}", crate::percent::encode_component(v)))
             .collect();
         params.push(format!("cursor={}", c.encode()));
         format!("/?{}", params.join("&"))
@@ -80,7 +80,7 @@ pub(super) async fn executions(
             tbody {
                 @for r in &records {
                     tr class=(r.state.as_str()) {
-                        td { a href={ "/executions/" (crate::cli::encode_component(&r.new.key)) } { (r.new.key) } }
+                        td { a href={ "/executions/" (crate::percent::encode_component(&r.new.key)) } { (r.new.key) } }
                         td { (state_badge(r.state)) }
                         td { (r.new.runner) }
                         td { (r.new.bench) }
@@ -222,7 +222,7 @@ pub(super) async fn execution(
         Err(p) => return error_page(Some(&who), &p),
     };
     let logs = log_text(&r).await;
-    let enc = crate::cli::encode_component(&r.new.key);
+    let enc = crate::percent::encode_component(&r.new.key);
     let body = html! {
         dl {
             dt { "state" } dd id="state" { (state_badge(r.state)) }
@@ -254,7 +254,7 @@ pub(super) async fn execution(
         h2 { "Artifacts" }
         ul id="artifacts" {
             @for a in &r.artifacts {
-                li { a href={ "/executions/" (enc) "/artifacts/" (crate::cli::encode_path(&a.name)) } { (a.name) } " (" (size(a.size)) ", " (a.kind) ")" }
+                li { a href={ "/executions/" (enc) "/artifacts/" (crate::percent::encode_path(&a.name)) } { (a.name) } " (" (size(a.size)) ", " (a.kind) ")" }
             }
         }
         @if !r.cases.is_empty() {

@@ -1,5 +1,5 @@
-//! Reading executions back: the paged history, one record, cancel, and
-//! an artifact's bytes.
+//! Reading executions back: the paged history, one record, its event
+//! stream, cancel, and an artifact's bytes.
 
 use std::collections::HashMap;
 
@@ -324,4 +324,23 @@ pub(super) async fn artifact(
                 .with_field("name")
         })?;
     artifact_response(artifact).await
+}
+
+/// `GET /v1/executions/{key}/events`: the execution's state changes as
+/// Server-Sent Events ([`crate::api::sse::stream`]), from the entry after
+/// `Last-Event-ID` on.
+pub(super) async fn events(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> ApiResult<Response> {
+    state.authorize(&headers, Scope::Read)?;
+    // 404 before the stream starts.
+    record_of(&state, &key).await?;
+    let sent = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(0, |id| id + 1);
+    Ok(crate::api::sse::stream(state, key, sent).into_response())
 }

@@ -47,7 +47,7 @@ pub fn router() -> axum::Router<SharedState> {
         .route("/metrics", get(metrics))
         .route("/v1/executions", post(submit::create).get(executions::list))
         .route("/v1/executions/{key}", get(executions::one))
-        .route("/v1/executions/{key}/events", get(super::sse::events))
+        .route("/v1/executions/{key}/events", get(executions::events))
         .route("/v1/executions/{key}/cancel", post(executions::cancel))
         .route(
             "/v1/executions/{key}/artifacts/{*name}",

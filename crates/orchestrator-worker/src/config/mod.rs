@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Backoff;
 
+mod api_section;
+pub use api_section::{ApiSection, TlsSection};
+
 /// Where the queue and the store live (see [`crate::store::open`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,7 +343,7 @@ pub struct WorkerConfig {
     pub runners: Vec<RunnerConfig>,
     /// The HTTP API and dashboard (`orchestrator api`); workers ignore it.
     #[serde(default)]
-    pub api: Option<crate::api::ApiSection>,
+    pub api: Option<ApiSection>,
 }
 
 impl WorkerConfig {
