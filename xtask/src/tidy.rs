@@ -241,4 +241,77 @@ mod tests {
             "ARCHITECTURE.md names what does not exist: {stale:#?}"
         );
     }
+
+    /// The `[profile.release.package.NAME]` tables of `manifest`, for the
+    /// NAMEs in `with_binary`, that do not set `strip`. Cargo 1.95 links a
+    /// binary with its package's override table, and that table does not
+    /// take `strip` from `[profile.release]`: the binary came out with its
+    /// 15.7 MB symbol table (59.3 MB instead of 43.6).
+    fn unstripped_binary_overrides(manifest: &str, with_binary: &[String]) -> Vec<String> {
+        let mut missing = Vec::new();
+        // The binary package whose table is being read, and whether it strips.
+        let mut table: Option<(String, bool)> = None;
+        for line in manifest.lines().chain(["[end]"]) {
+            let line = line.trim();
+            if line.starts_with('[') {
+                if let Some((name, false)) = table.take() {
+                    missing.push(name);
+                }
+                table = line
+                    .strip_prefix("[profile.release.package.")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .map(|name| name.trim_matches('"').to_owned())
+                    .filter(|name| with_binary.contains(name))
+                    .map(|name| (name, false));
+            } else if let Some((_, strips)) = &mut table
+                && line.split('=').next().is_some_and(|k| k.trim() == "strip")
+            {
+                *strips = true;
+            }
+        }
+        missing
+    }
+
+    #[test]
+    fn a_binary_packages_release_override_repeats_strip() {
+        let root = super::super::project_root();
+        let mut with_binary = Vec::new();
+        for entry in std::fs::read_dir(root.join("crates"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = entry.path();
+            if !(dir.join("src/main.rs").is_file() || dir.join("src/bin").is_dir()) {
+                continue;
+            }
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+            if let Some(name) = manifest
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+            {
+                with_binary.push(name.trim_matches('"').to_owned());
+            }
+        }
+        assert!(with_binary.iter().any(|n| n == "orchestrator-worker"));
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
+        let missing = unstripped_binary_overrides(&manifest, &with_binary);
+        assert!(
+            missing.is_empty(),
+            "[profile.release.package.NAME] of a package with a binary must repeat \
+             `strip = \"symbols\"` (cargo does not take it from [profile.release]): {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_strip_rule_finds_a_table_without_strip() {
+        let bins = vec!["app".to_owned(), "tool".to_owned()];
+        let manifest = "[profile.release]\nstrip = \"symbols\"\n\n\
+            [profile.release.package.app]\nopt-level = 3\n\
+            [profile.release.package.lib]\nopt-level = 3\n\
+            [profile.release.package.tool]\nopt-level = 3\nstrip = \"symbols\"\n";
+        assert_eq!(unstripped_binary_overrides(manifest, &bins), ["app"]);
+        let last = "[profile.release.package.\"tool\"]\nopt-level = 3\n";
+        assert_eq!(unstripped_binary_overrides(last, &bins), ["tool"]);
+    }
 }
