@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::config::{PostgresSection, WorkerConfig};
 use orchestrator_worker::serve::Worker;
-use orchestrator_worker::store::{Backends, PgStore, SqliteStore};
+use orchestrator_worker::store::{PgStore, SqliteStore};
 use orchestrator_worker::{Metrics, RunnerFactory, Task};
 use runner_core::{BenchSpec, CancellationToken};
 

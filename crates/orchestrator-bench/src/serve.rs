@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_worker::Task;
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::queue::{SqliteStore, TaskQueue};
-use orchestrator_worker::store::Backends;
 use runner_core::BenchSpec;
 
 /// Tasks per timed run (`BENCH_SERVE_TASKS` overrides, for a quick look).

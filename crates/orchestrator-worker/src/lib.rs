@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod engine;

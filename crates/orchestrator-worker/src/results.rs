@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::backends::Backends;
 use crate::store::{
-    Backends, ExecState, ExecutionRecord, HistoryFilter, RecordUpdate, RecordedArtifact,
-    Settlement, StoreError, now_ms,
+    ExecState, ExecutionRecord, HistoryFilter, RecordUpdate, RecordedArtifact, Settlement,
+    StoreError, now_ms,
 };
 
 /// What a cancel did.

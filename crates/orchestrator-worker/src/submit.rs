@@ -2,8 +2,9 @@
 //! idempotent by execution key (submitting a key twice returns the existing
 //! execution instead of running it twice).
 
+use crate::backends::Backends;
 use crate::report::new_execution;
-use crate::store::{Backends, Created, StoreError};
+use crate::store::{Created, StoreError};
 use crate::task::Task;
 
 /// What a submit did.

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_worker::api::{ApiSection, ApiState};
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::config::WorkerConfig;
 use orchestrator_worker::serve::Worker;
-use orchestrator_worker::store::{Backends, SqliteStore};
+use orchestrator_worker::store::SqliteStore;
 use orchestrator_worker::{Metrics, RunnerFactory};
 use runner_core::{CancellationToken, RunnerAdapter};
 use serde_json::{Value, json};

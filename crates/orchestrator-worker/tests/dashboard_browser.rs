@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 use orchestrator_worker::api::ApiState;
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::config::WorkerConfig;
 use orchestrator_worker::queue::TaskQueue;
 use orchestrator_worker::serve::Worker;
-use orchestrator_worker::store::{Backends, SqliteStore, Store};
+use orchestrator_worker::store::{SqliteStore, Store};
 use orchestrator_worker::{Metrics, RunnerFactory, Task};
 use runner_core::{CancellationToken, RunnerAdapter, TestPayload};
 use test_emulators::chromium::{BROWSER, ChromeDriver, browser_args};

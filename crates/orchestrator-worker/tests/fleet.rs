@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_worker::Task;
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::config::PostgresSection;
 use orchestrator_worker::queue::TaskQueue;
-use orchestrator_worker::store::{Backends, ExecState, JournalState, PgStore, Store};
+use orchestrator_worker::store::{ExecState, JournalState, PgStore, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 const MOCK: usize = 200;

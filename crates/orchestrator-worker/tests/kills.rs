@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_worker::Task;
-use orchestrator_worker::store::{Backends, ExecState, HistoryFilter, SqliteStore, Store};
+use orchestrator_worker::backends::Backends;
+use orchestrator_worker::store::{ExecState, HistoryFilter, SqliteStore, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 const KILLS: usize = 50;

@@ -74,7 +74,7 @@ async fn each_execution_is_one_trace_continuing_the_submitters() {
     .unwrap();
     let store = SqliteStore::open(&config.queue.path).unwrap();
     let factory = RunnerFactory::with_builtins(Metrics::new());
-    let backends = orchestrator_worker::store::Backends {
+    let backends = orchestrator_worker::backends::Backends {
         queue: Arc::new(queue.clone()),
         store: Arc::new(store),
     };

@@ -10,9 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::config::{PostgresSection, WorkerConfig};
 use orchestrator_worker::serve::Worker;
-use orchestrator_worker::store::{Backends, ExecState, PgStore, Store, StoreError};
+use orchestrator_worker::store::{ExecState, PgStore, Store, StoreError};
 use orchestrator_worker::{Metrics, RunnerFactory, Task};
 use runner_core::CancellationToken;
 use test_emulators::postgres::Postgres;
@@ -255,7 +256,7 @@ async fn a_shared_queue_with_a_machine_local_store_is_refused() {
         dir.path().join("q.sqlite3").display()
     ))
     .unwrap();
-    let err = orchestrator_worker::store::open(&config)
+    let err = orchestrator_worker::backends::open(&config)
         .await
         .unwrap_err()
         .to_string();

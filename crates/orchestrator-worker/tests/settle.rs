@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use orchestrator_worker::backends::Backends;
 use orchestrator_worker::config::WorkerConfig;
 use orchestrator_worker::queue::{
     AttemptRecord, DeadLetter, Lease, QueueDepth, Submitted, TaskQueue,
 };
 use orchestrator_worker::serve::Worker;
-use orchestrator_worker::store::{
-    Backends, ExecState, NewExecution, SqliteStore, Store, StoreError,
-};
+use orchestrator_worker::store::{ExecState, NewExecution, SqliteStore, Store, StoreError};
 use orchestrator_worker::{Metrics, RunnerFactory, Task};
 use runner_core::CancellationToken;
 

@@ -251,7 +251,7 @@ async fn a_late_copy_of_a_settled_task_is_dropped_not_run_again() {
     .unwrap();
     let store = SqliteStore::open(&config.queue.path).unwrap();
     let factory = RunnerFactory::with_builtins(Metrics::new());
-    let backends = orchestrator_worker::store::Backends {
+    let backends = orchestrator_worker::backends::Backends {
         queue: Arc::new(queue.clone()),
         store: Arc::new(store.clone()),
     };

@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use runner_core::RunnerAdapter;
 
+use crate::backends::Backends;
 use crate::config::WorkerConfig;
 pub use crate::config::{ApiSection, TlsSection};
 use crate::metrics::Metrics;
-use crate::store::Backends;
 
 /// What every request handler shares.
 #[derive(Debug)]

@@ -325,6 +325,6 @@ pub(crate) fn load_worker_config(
 /// 4, an unreachable store exit 2.
 pub(crate) async fn open_backends(
     config: &WorkerConfig,
-) -> Result<crate::store::Backends, CliError> {
-    Ok(crate::store::open(config).await?)
+) -> Result<crate::backends::Backends, CliError> {
+    Ok(crate::backends::open(config).await?)
 }

@@ -11,10 +11,11 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use super::{CliError, CliResult, MakeFactory, load_worker_config, load_yaml, open_backends};
+use crate::backends::Backends;
 use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
 use crate::results::{Cancelled, cancel, exit_code, wait};
-use crate::store::{Backends, ExecState, ExecutionRecord};
+use crate::store::{ExecState, ExecutionRecord};
 use crate::submit::{SubmitOutcome, submit, submit_batch};
 use crate::task::Task;
 

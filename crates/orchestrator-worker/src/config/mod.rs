@@ -11,7 +11,7 @@ use crate::policy::Backoff;
 mod api_section;
 pub use api_section::{ApiSection, TlsSection};
 
-/// Where the queue and the store live (see [`crate::store::open`]).
+/// Where the queue and the store live (see [`crate::backends::open`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
@@ -73,16 +73,15 @@ impl PostgresSection {
     }
 
     /// The connection string: `url`, else the environment variable.
-    pub fn url(&self) -> Result<String, crate::store::StoreError> {
+    pub fn url(&self) -> Result<String, ConfigError> {
         match &self.url {
             Some(url) if !url.trim().is_empty() => Ok(url.clone()),
             _ => std::env::var(DATABASE_URL_VAR)
                 .ok()
                 .filter(|u| !u.trim().is_empty())
-                .ok_or_else(|| {
-                    crate::store::StoreError::Config(format!(
-                        "queue.postgres.url is not set: give it, or {DATABASE_URL_VAR}"
-                    ))
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "queue.postgres.url".into(),
+                    message: format!("is not set: give it, or {DATABASE_URL_VAR}"),
                 }),
         }
     }
@@ -453,6 +452,26 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PostgreSQL section without a URL is a config error naming the
+    /// key and the variable that could give it.
+    #[test]
+    fn a_postgres_section_without_a_url_names_the_key() {
+        let section = PostgresSection::with_url("  ");
+        match section.url() {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "queue.postgres.url");
+                assert!(message.contains(DATABASE_URL_VAR), "{message}");
+            }
+            // Only when the variable is set in this test's environment.
+            Ok(url) => assert_eq!(Ok(url), std::env::var(DATABASE_URL_VAR)),
+            Err(other) => panic!("not a key error: {other}"),
+        }
+        assert_eq!(
+            PostgresSection::with_url("postgres:///x").url().unwrap(),
+            "postgres:///x"
+        );
+    }
 
     #[test]
     fn errors_name_nested_keys() {

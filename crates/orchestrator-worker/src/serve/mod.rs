@@ -13,13 +13,14 @@ use std::time::Duration;
 use runner_core::{CancellationToken, RunnerAdapter, RunnerConfig};
 use tokio::task::JoinSet;
 
+use crate::backends::Backends;
 use crate::config::WorkerConfig;
 use crate::engine::{Engine, EngineSettings, pause};
 use crate::factory::RunnerFactory;
 use crate::metrics::Metrics;
 use crate::queue::TaskQueue;
 use crate::recorder::Recorder;
-use crate::store::{Backends, SqliteStore, Store, StoreError, WorkerBeat};
+use crate::store::{SqliteStore, Store, StoreError, WorkerBeat};
 
 /// A runner type the worker serves: its config and its engine.
 #[derive(Debug, Clone)]
@@ -82,9 +83,9 @@ impl Worker {
         Self::with_backends(config, factory, backends)
     }
 
-    /// A worker over the queue and store `config` names (see [`crate::store::open`]).
+    /// A worker over the queue and store `config` names (see [`crate::backends::open`]).
     pub async fn open(config: WorkerConfig, factory: &RunnerFactory) -> Result<Self, String> {
-        let backends = crate::store::open(&config)
+        let backends = crate::backends::open(&config)
             .await
             .map_err(|e| e.to_string())?;
         Self::with_backends(config, factory, backends)

@@ -312,7 +312,9 @@ impl PgStore {
     /// Connect to the database of `section` (or `ORCHESTRATOR_DATABASE_URL`),
     /// apply missing migrations, and start listening for new tasks.
     pub async fn connect(section: &PostgresSection) -> Result<PgStore, StoreError> {
-        let url = section.url()?;
+        let url = section
+            .url()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
         let config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Config(format!(
                 "url is not a PostgreSQL connection string ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
