@@ -1,6 +1,7 @@
 //! The queue and store a worker config names, opened together: the one
-//! place that knows every store and queue kind (the store module knows
-//! neither the config nor the queues, so they can use its types).
+//! place that knows every store and queue kind (so `store/mod.rs`, the
+//! store's types and trait, imports neither the config nor the queues,
+//! and they can use its types).
 
 use std::sync::Arc;
 
