@@ -9,7 +9,7 @@ use runner_core::{
 };
 
 use crate::config::{LocalBench, LocalConfig};
-use crate::io::io_error;
+use crate::io::{fs_work, io_error};
 use crate::state::{HANDLE_FILE, LocalState, dir_name, list_dirs, read_handle_file};
 use crate::{RUNNER_TYPE, artifacts, process, run};
 
@@ -106,13 +106,13 @@ impl RunnerAdapter for LocalProcessRunner {
             &state,
         )
         .map_err(|e| ProvisionError::permanent(ctx, e.to_string()))?;
-        // All file work in one blocking hop: a hop per call cost more than
-        // the calls on a busy two-core machine.
+        // A few metadata calls on the execution's own directory: small
+        // work, done in place (see `fs_work`).
         let dir = state.dir.clone();
         // The records go in the directory itself, made with `work/`.
         let work = state.work();
         let json = handle.to_json();
-        let made = tokio::task::spawn_blocking(move || -> std::io::Result<Option<RunnerHandle>> {
+        let made = fs_work(true, move || -> std::io::Result<Option<RunnerHandle>> {
             if let Some((_, text)) = read_handle_file(&dir)
                 && let Ok(existing) = RunnerHandle::from_json(&text)
             {
@@ -145,10 +145,10 @@ impl RunnerAdapter for LocalProcessRunner {
                     err,
                 ));
             }
-            Err(join) => {
+            Err(panic) => {
                 return Err(ProvisionError::permanent(
                     ctx,
-                    format!("provisioning panicked: {join}"),
+                    format!("provisioning panicked: {panic}"),
                 ));
             }
         }
@@ -177,7 +177,10 @@ impl RunnerAdapter for LocalProcessRunner {
             .map_err(|message| ArtifactError::permanent(ctx, message))?;
         let redactor = payload.redactor();
         let empty = self.config.artifacts_dir.join(EMPTY_LOG);
-        let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        // With no artifact patterns it is only the two logs: small work.
+        // Patterns walk the test's tree: on the pool.
+        let small = payload.artifacts.is_empty();
+        let outcome = fs_work(small, move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dest)?;
             let mut bundle = ArtifactBundle::default();
             let mut taken = Vec::new();
@@ -210,10 +213,10 @@ impl RunnerAdapter for LocalProcessRunner {
         let (bundle, refused) = match outcome {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => return Err(io_error(ctx, "collecting artifacts", err)),
-            Err(join) => {
+            Err(panic) => {
                 return Err(ArtifactError::permanent(
                     ctx,
-                    format!("artifact collection panicked: {join}"),
+                    format!("artifact collection panicked: {panic}"),
                 ));
             }
         };
@@ -236,9 +239,33 @@ impl RunnerAdapter for LocalProcessRunner {
         }
         let dir = state.dir.clone();
         if !self.swept.take(&dir) {
-            let _ = tokio::task::spawn_blocking(move || process::kill_marked(&dir, None)).await;
+            // A scan of every process: on the pool.
+            let _ = fs_work(false, move || process::kill_marked(&dir, None)).await;
         }
-        match tokio::fs::remove_dir_all(&state.dir).await {
+        let dir = state.dir.clone();
+        let work = state.work();
+        let removed = fs_work(true, move || {
+            // An empty `work/` leaves only the records: small work, done
+            // here. A tree the test left goes to the pool.
+            match std::fs::remove_dir(&work) {
+                Ok(()) => Some(std::fs::remove_dir_all(&dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(std::fs::remove_dir_all(&dir))
+                }
+                Err(_) => None,
+            }
+        })
+        .await;
+        let removed = match removed {
+            Ok(Some(done)) => done,
+            _ => {
+                let dir = state.dir.clone();
+                fs_work(false, move || std::fs::remove_dir_all(&dir))
+                    .await
+                    .unwrap_or_else(|panic| Err(std::io::Error::other(panic)))
+            }
+        };
+        match removed {
             Ok(()) => Ok(()),
             // Already released: teardown is idempotent.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -252,13 +279,13 @@ impl RunnerAdapter for LocalProcessRunner {
 
     async fn list_owned(&self, ctx: &RunContext) -> Result<Vec<OwnedResource>, ListOwnedError> {
         let root = self.config.root.clone();
-        let listed = tokio::task::spawn_blocking(move || list_dirs(&root)).await;
+        let listed = fs_work(false, move || list_dirs(&root)).await;
         match listed {
             Ok(Ok(list)) => Ok(list),
             Ok(Err(e)) => Err(io_error(ctx, "listing working directories", e)),
-            Err(join) => Err(ListOwnedError::permanent(
+            Err(panic) => Err(ListOwnedError::permanent(
                 ctx,
-                format!("listing panicked: {join}"),
+                format!("listing panicked: {panic}"),
             )),
         }
     }

@@ -68,6 +68,15 @@ fn candidates(since: Option<&Since>) -> Option<Vec<i32>> {
     (pids.len() <= RANGE_MAX).then_some(pids)
 }
 
+/// At most this many candidate pids are swept in place (see `fs_work`).
+const FEW: usize = 32;
+
+/// Whether the sweep after the run `since` looks at only a few pids: small
+/// work (one read of `/proc/N/environ` each).
+pub(crate) fn few_candidates(since: &Since) -> bool {
+    candidates(Some(since)).is_some_and(|pids| pids.len() <= FEW)
+}
+
 /// SIGKILL `pid` if its environment holds `needle`; whether it did.
 fn kill_if_marked(pid: i32, needle: &[u8]) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {

@@ -9,7 +9,7 @@ use runner_core::{
 };
 
 use crate::config::LocalConfig;
-use crate::io::io_error;
+use crate::io::{fs_work, io_error};
 use crate::process::{self, GroupGuard, GroupRecord, Swept};
 use crate::stage::stage_package;
 use crate::state::LocalState;
@@ -226,7 +226,10 @@ pub(crate) async fn run_test(
         leader: record.pgid,
         at: started,
     };
-    let sweep = tokio::task::spawn_blocking(move || process::kill_marked(&dir, Some(&since)))
+    // A short run's few new pids are read in place; a long run or one
+    // that started many processes is scanned on the pool.
+    let small = process::few_candidates(&since);
+    let sweep = fs_work(small, move || process::kill_marked(&dir, Some(&since)))
         .await
         .unwrap_or_default();
     if sweep.killed > 0 {

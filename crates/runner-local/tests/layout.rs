@@ -125,3 +125,32 @@ async fn a_directory_of_the_earlier_layout_is_listed_adopted_and_torn_down() {
     assert!(!root.exists());
     assert!(runner.list_owned(&again).await.unwrap().is_empty());
 }
+
+/// Teardown removes the execution directory whether the test left `work/`
+/// empty (removed in place) or left a tree in it (removed on the blocking
+/// pool), and a second teardown of either is a no-op.
+#[tokio::test]
+async fn teardown_removes_an_empty_and_a_filled_work_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    for (name, script) in [
+        ("empty", "true"),
+        ("filled", "mkdir -p a/b/c && echo x > a/b/c/f && echo y > g"),
+    ] {
+        let ctx = RunContext::new(name, "corr").with_execution_key(name);
+        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+        let exec_dir = PathBuf::from(handle.handle_id());
+        let result = runner
+            .run_test(&ctx, &handle, &common::sh(script))
+            .await
+            .unwrap();
+        assert_eq!(result.status, TestStatus::Passed, "{name}");
+        assert_eq!(
+            exec_dir.join("work").read_dir().unwrap().next().is_some(),
+            name == "filled"
+        );
+        runner.teardown(&ctx, &handle).await.unwrap();
+        assert!(!exec_dir.exists(), "{name}: {} is left", exec_dir.display());
+        runner.teardown(&ctx, &handle).await.unwrap();
+    }
+}
