@@ -50,6 +50,7 @@ async fn run_example(
             hurry: None,
             journal_clear: false,
             journal_end_by_caller: false,
+            lease_held_until: None,
         })
         .await;
     let lines = rx.drain_now().into_iter().map(|l| l.text).collect();

@@ -77,6 +77,7 @@ fn spawn_lifecycle(
                 hurry: None,
                 journal_clear: false,
                 journal_end_by_caller: false,
+                lease_held_until: None,
             })
             .await;
         drop(permit);

@@ -41,6 +41,7 @@ async fn run(config: &RunnerConfig) -> (Engine, Option<TestStatus>, u32) {
             hurry: None,
             journal_clear: false,
             journal_end_by_caller: false,
+            lease_held_until: None,
         })
         .await;
     let status = outcome.result.as_ref().map(|r| r.status);

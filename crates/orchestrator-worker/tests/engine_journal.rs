@@ -43,6 +43,7 @@ fn execution(journal_clear: bool, journal_end_by_caller: bool) -> Execution<'sta
         hurry: None,
         journal_clear,
         journal_end_by_caller,
+        lease_held_until: None,
     }
 }
 

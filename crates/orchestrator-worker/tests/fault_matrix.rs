@@ -96,6 +96,7 @@ async fn run_cell(cell: Cell) -> Result<(), String> {
                 hurry: None,
                 journal_clear: false,
                 journal_end_by_caller: false,
+                lease_held_until: None,
             })
             .await;
         teardowns += outcome.teardown_calls;

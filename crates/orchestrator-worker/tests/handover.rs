@@ -14,6 +14,54 @@ use runner_mock::{Fault, FaultPlan, LocalMockRunner, fixtures};
 
 #[tokio::test]
 async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
+    // No lease known to be held: the owner is read before teardown.
+    handed_over(None).await;
+    // A lease known held until a moment that passed during the run: read too.
+    handed_over(Some(std::time::Instant::now())).await;
+}
+
+/// While the caller surely holds the lease no other worker can have taken
+/// the entry over, so teardown skips reading its owner (a store round trip
+/// per test). The takeover below breaks that premise on purpose, to show
+/// the read is what is skipped.
+#[tokio::test]
+async fn a_surely_held_lease_skips_the_owner_read_before_teardown() {
+    let (outcome, mock, _dir, store) =
+        run_and_take_over(Some(std::time::Instant::now() + Duration::from_secs(3600))).await;
+    assert!(!outcome.handed_over, "{outcome:#?}");
+    assert_eq!(outcome.teardown_calls, 1);
+    assert_eq!(mock.call_count(Phase::Teardown), 1);
+    assert_eq!(store.journal_all().await.unwrap()[0].owner, "second");
+}
+
+async fn handed_over(lease_held_until: Option<std::time::Instant>) {
+    let (outcome, mock, _dir, store) = run_and_take_over(lease_held_until).await;
+    let journal = store.journal_all().await.unwrap();
+    assert!(outcome.handed_over, "{outcome:#?} {journal:#?}");
+    assert_eq!(outcome.teardown_calls, 0);
+    assert_eq!(mock.call_count(Phase::Teardown), 0);
+    assert_eq!(
+        mock.live_handles().len(),
+        1,
+        "the new owner's environment is intact"
+    );
+    let entry = &store.journal_all().await.unwrap()[0];
+    assert_eq!(
+        (entry.owner.as_str(), entry.state),
+        ("second", JournalState::Live)
+    );
+}
+
+/// Run one execution as worker "first" while worker "second" claims its
+/// journaled handle (a redelivery).
+async fn run_and_take_over(
+    lease_held_until: Option<std::time::Instant>,
+) -> (
+    orchestrator_worker::engine::ExecutionOutcome,
+    Arc<LocalMockRunner>,
+    tempfile::TempDir,
+    SqliteStore,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("q.sqlite3")).unwrap();
     let mock = Arc::new(
@@ -45,6 +93,7 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
                     hurry: None,
                     journal_clear: false,
                     journal_end_by_caller: false,
+                    lease_held_until,
                 })
                 .await
         }
@@ -68,18 +117,5 @@ async fn teardown_is_skipped_once_another_worker_owns_the_handle() {
     }
     assert!(claimed, "the handle was never journaled");
     let outcome = run.await.unwrap();
-    let journal = store.journal_all().await.unwrap();
-    assert!(outcome.handed_over, "{outcome:#?} {journal:#?}");
-    assert_eq!(outcome.teardown_calls, 0);
-    assert_eq!(mock.call_count(Phase::Teardown), 0);
-    assert_eq!(
-        mock.live_handles().len(),
-        1,
-        "the new owner's environment is intact"
-    );
-    let entry = &store.journal_all().await.unwrap()[0];
-    assert_eq!(
-        (entry.owner.as_str(), entry.state),
-        ("second", JournalState::Live)
-    );
+    (outcome, mock, dir, store)
 }

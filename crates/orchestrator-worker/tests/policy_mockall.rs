@@ -79,6 +79,7 @@ async fn execute(adapter: MockAdapter, attempt: u32) -> (ExecutionOutcome, Dispo
             hurry: None,
             journal_clear: false,
             journal_end_by_caller: false,
+            lease_held_until: None,
         })
         .await;
     let disposition = decide(

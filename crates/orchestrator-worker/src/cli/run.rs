@@ -219,6 +219,7 @@ pub(super) async fn run(args: RunArgs, make: MakeFactory) -> CliResult {
             hurry: Some(hurry),
             journal_clear: false,
             journal_end_by_caller: false,
+            lease_held_until: None,
         })
         .await;
     signals.abort();

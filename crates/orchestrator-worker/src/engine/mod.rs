@@ -89,6 +89,13 @@ pub struct Execution<'a> {
     /// redelivery) finds the handle gone and ends it. `false`: the engine
     /// writes it before returning.
     pub journal_end_by_caller: bool,
+    /// Until this instant the caller surely holds the task's lease, so no
+    /// other worker can have been given the task and taken this
+    /// execution's journal entry over: teardown then skips reading the
+    /// entry's owner, a store round trip in the slot's path. Take it well
+    /// inside the lease (the worker uses half its visibility from when the
+    /// lease arrived), for clocks that differ between hosts. `None`: read it.
+    pub lease_held_until: Option<std::time::Instant>,
 }
 
 /// Drives executions through one (layered) adapter.
@@ -284,7 +291,10 @@ impl Engine {
 
         observe(Phase::Teardown);
         let clock = std::time::Instant::now();
-        self.release(&cleanup_ctx, &held, &mut outcome).await;
+        let owned = exec
+            .lease_held_until
+            .is_some_and(|until| std::time::Instant::now() < until);
+        self.release(&cleanup_ctx, &held, owned, &mut outcome).await;
         if !exec.journal_end_by_caller {
             self.end_journal(&mut outcome).await;
         }

@@ -33,7 +33,7 @@ impl Engine {
             reused: true,
         };
         let mut outcome = ExecutionOutcome::default();
-        self.release(&ctx, &held, &mut outcome).await;
+        self.release(&ctx, &held, false, &mut outcome).await;
         self.end_journal(&mut outcome).await;
     }
 
@@ -84,14 +84,19 @@ impl Engine {
         }
     }
 
-    /// Teardown exactly once, or more when the backend says it is idempotent.
+    /// Teardown exactly once, or more when the backend says it is
+    /// idempotent. `owned`: the caller still surely holds the task's lease
+    /// ([`Execution::lease_held_until`](super::Execution::lease_held_until)),
+    /// so the journal entry cannot have been taken over.
     pub(super) async fn release(
         &self,
         ctx: &RunContext,
         held: &Held,
+        owned: bool,
         outcome: &mut ExecutionOutcome,
     ) {
-        if let (Some(journal), Some(id)) = (&self.journal, held.entry)
+        if !owned
+            && let (Some(journal), Some(id)) = (&self.journal, held.entry)
             && let Ok(Some(entry)) = journal.journal_get(id, self.settings.stale_after).await
             && entry.owner != self.settings.worker_id
         {

@@ -43,6 +43,10 @@ impl Worker {
         hurry: Option<CancellationToken>,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Disposition {
+        // The lease is this worker's for at least its visibility from when
+        // it was granted, a moment ago; half of it leaves room for clocks
+        // that differ between hosts.
+        let lease_held_until = std::time::Instant::now() + self.config.worker.visibility() / 2;
         if let Some(problem) = &lease.body_error {
             return self.settle_bad(&lease, None, "unknown", problem).await;
         }
@@ -226,6 +230,7 @@ impl Worker {
                 hurry,
                 journal_clear,
                 journal_end_by_caller: true,
+                lease_held_until: Some(lease_held_until),
             })
             .instrument(span)
             .await;
