@@ -5,10 +5,11 @@
 mod background;
 mod process;
 mod settle;
+mod slot;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use runner_core::{CancellationToken, RunnerAdapter, RunnerConfig};
 use tokio::task::JoinSet;
@@ -18,9 +19,9 @@ use crate::config::WorkerConfig;
 use crate::engine::{Engine, EngineSettings, pause};
 use crate::factory::RunnerFactory;
 use crate::metrics::Metrics;
-use crate::queue::TaskQueue;
+use crate::queue::{AttemptRecord, Lease, TaskQueue};
 use crate::recorder::Recorder;
-use crate::store::{SqliteStore, Store, StoreError, WorkerBeat};
+use crate::store::{SqliteStore, Store, StoreError, WorkerBeat, now_ms};
 
 /// A runner type the worker serves: its config and its engine.
 #[derive(Debug, Clone)]
@@ -202,6 +203,13 @@ impl Worker {
         // background, at most `concurrency` behind the tests.
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let in_tasks = concurrency.saturating_mul(2);
+        // A slot whose test is collecting and tearing down gets its next
+        // task leased now (one per such slot), started when the slot frees:
+        // the lease is then not in that test's path. Nothing is leased
+        // ahead for a slot still running its test, so a long test never
+        // holds a queued task from the rest of the fleet.
+        let ending = Arc::new(slot::Ending::default());
+        let mut ahead: VecDeque<(Lease, Instant)> = VecDeque::new();
         let mut failures = 0u32;
         tracing::info!(worker = %self.id, runners = ?self.runner_types(), store = self.store.kind(), "serving");
         while !stop.is_cancelled() {
@@ -215,36 +223,44 @@ impl Worker {
                 }
                 continue;
             }
+            self.keep_ahead(&mut ahead, visibility).await;
+            if !ahead.is_empty()
+                && let Ok(permit) = Arc::clone(&slots).try_acquire_owned()
+                && let Some((lease, arrived)) = ahead.pop_front()
+            {
+                let slot = slot::Slot::new(permit, &ending);
+                self.start(&mut running, lease, arrived, slot, &hard, &hurry);
+                continue;
+            }
             let free = slots.available_permits().min(room);
-            if free == 0 {
+            let soon = ending.count().saturating_sub(ahead.len());
+            let want = free
+                .saturating_add(soon)
+                .min(room.saturating_sub(ahead.len()));
+            if want == 0 {
                 tokio::select! {
                     _ = running.join_next() => {}
-                    _ = slots.acquire() => {}
+                    _ = slots.acquire(), if free == 0 => {}
+                    _ = ending.entered() => {}
+                    // The leases of tasks waiting ahead are kept alive.
+                    _ = tokio::time::sleep(visibility / 3), if !ahead.is_empty() => {}
                     _ = stop.cancelled() => break,
                 }
                 continue;
             }
-            match self.queue.lease_many(&self.id, visibility, free).await {
+            match self.queue.lease_many(&self.id, visibility, want).await {
                 Ok(leases) if !leases.is_empty() => {
                     failures = 0;
+                    let arrived = Instant::now();
                     for lease in leases {
-                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                            // Cannot happen (no more leases than free
-                            // slots); the task would wait for its lease to
-                            // lapse, so run it rather than drop it.
-                            tracing::warn!("more leases than free slots");
-                            let me = self.clone();
-                            let (hard, hurry) = (hard.clone(), hurry.clone());
-                            running.spawn(async move {
-                                me.process_slot(lease, hard, Some(hurry), None).await;
-                            });
-                            continue;
-                        };
-                        let me = self.clone();
-                        let (hard, hurry) = (hard.clone(), hurry.clone());
-                        running.spawn(async move {
-                            me.process_slot(lease, hard, Some(hurry), Some(slot)).await;
-                        });
+                        match Arc::clone(&slots).try_acquire_owned() {
+                            Ok(permit) if ahead.is_empty() => {
+                                let slot = slot::Slot::new(permit, &ending);
+                                self.start(&mut running, lease, arrived, slot, &hard, &hurry);
+                            }
+                            // In order: the ones leased ahead first.
+                            _ => ahead.push_back((lease, arrived)),
+                        }
                     }
                 }
                 Ok(_) => {
@@ -261,6 +277,11 @@ impl Worker {
                     pause(delay, &stop).await;
                 }
             }
+        }
+        // Leased ahead and never started: back to the queue at once, the
+        // attempt given back.
+        for (lease, _) in ahead.drain(..) {
+            self.give_back_unstarted(&lease).await;
         }
         let grace = Duration::from_secs(self.config.worker.drain_grace_seconds);
         tracing::info!(running = running.len(), ?grace, "draining");
@@ -306,5 +327,71 @@ impl Worker {
         self.store.worker_gone(&self.id).await?;
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Run `lease` in `slot` as a task of `running`.
+    fn start(
+        &self,
+        running: &mut JoinSet<()>,
+        lease: Lease,
+        arrived: Instant,
+        slot: slot::Slot,
+        hard: &CancellationToken,
+        hurry: &CancellationToken,
+    ) {
+        let me = self.clone();
+        let (hard, hurry) = (hard.clone(), hurry.clone());
+        running.spawn(async move {
+            me.process_slot(lease, hard, Some(hurry), Some(slot), arrived)
+                .await;
+        });
+    }
+
+    /// Extend the lease of each task waiting ahead for a third of the
+    /// visibility (a slot whose teardown takes long); one found lost is
+    /// dropped, another worker has it now.
+    async fn keep_ahead(&self, ahead: &mut VecDeque<(Lease, Instant)>, visibility: Duration) {
+        let mut kept = VecDeque::with_capacity(ahead.len());
+        for (lease, arrived) in ahead.drain(..) {
+            if arrived.elapsed() < visibility / 3 {
+                kept.push_back((lease, arrived));
+                continue;
+            }
+            let renewed = Instant::now();
+            match self.queue.extend(&lease, visibility).await {
+                Ok(()) => kept.push_back((lease, renewed)),
+                Err(e @ StoreError::LeaseLost { .. }) => {
+                    tracing::warn!(task = %lease.task_id, error = %e, "a task leased ahead was lost while it waited for a slot; not running it");
+                }
+                // A busy store: the next pass tries again; until then its
+                // old arrival makes the run read the journal's owner.
+                Err(e) => {
+                    tracing::warn!(task = %lease.task_id, error = %e, "cannot extend a task leased ahead");
+                    kept.push_back((lease, arrived));
+                }
+            }
+        }
+        *ahead = kept;
+    }
+
+    /// A task leased ahead that never started: visible again at once, its
+    /// attempt given back.
+    async fn give_back_unstarted(&self, lease: &Lease) {
+        let record = AttemptRecord {
+            attempt: lease.attempt,
+            worker: self.id.clone(),
+            phase: None,
+            kind: None,
+            message: "leased ahead and given back unstarted: the worker stopped".into(),
+            at_ms: now_ms(),
+            counted: false,
+        };
+        if let Err(e) = self
+            .queue
+            .requeue(lease, Duration::ZERO, record, false)
+            .await
+        {
+            tracing::warn!(task = %lease.task_id, error = %e, "cannot give back a task leased ahead; it is redelivered when its lease lapses");
+        }
     }
 }

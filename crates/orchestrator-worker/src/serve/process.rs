@@ -17,6 +17,7 @@ use crate::task::Task;
 
 use super::Worker;
 use super::settle::attempt_record;
+use super::slot::Slot;
 
 impl Worker {
     /// Execute one leased task and settle it. `hard` cancels the run.
@@ -31,22 +32,26 @@ impl Worker {
         hard: CancellationToken,
         hurry: Option<CancellationToken>,
     ) -> Disposition {
-        self.process_slot(lease, hard, hurry, None).await
+        self.process_slot(lease, hard, hurry, None, std::time::Instant::now())
+            .await
     }
 
     /// [`Worker::process_with`], giving `slot` back as soon as the
-    /// execution is over, before the settlement is written.
+    /// execution is over, before the settlement is written, and marking it
+    /// as about to free once the test's run is over. `arrived`: when the
+    /// lease was granted (or last extended).
     pub(super) async fn process_slot(
         &self,
         lease: Lease,
         hard: CancellationToken,
         hurry: Option<CancellationToken>,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        slot: Option<Slot>,
+        arrived: std::time::Instant,
     ) -> Disposition {
         // The lease is this worker's for at least its visibility from when
-        // it was granted, a moment ago; half of it leaves room for clocks
-        // that differ between hosts.
-        let lease_held_until = std::time::Instant::now() + self.config.worker.visibility() / 2;
+        // it was granted; half of it leaves room for clocks that differ
+        // between hosts.
+        let lease_held_until = arrived + self.config.worker.visibility() / 2;
         if let Some(problem) = &lease.body_error {
             return self.settle_bad(&lease, None, "unknown", problem).await;
         }
@@ -203,7 +208,13 @@ impl Worker {
                 lease.attempt,
             );
             let handle = tokio::runtime::Handle::current();
+            let slot_end = slot.as_ref().map(Slot::end);
             Arc::new(move |phase: Phase| {
+                if phase == Phase::CollectArtifacts
+                    && let Some(end) = &slot_end
+                {
+                    end.cleaning();
+                }
                 let update = RecordUpdate::State {
                     new: new.clone(),
                     state: ExecState::of_phase(phase),
