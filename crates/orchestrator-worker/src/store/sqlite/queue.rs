@@ -243,7 +243,7 @@ impl TaskQueue for SqliteStore {
     ) -> Result<Vec<Lease>> {
         let worker = worker.to_owned();
         let token = format!("{:016x}", fastrand::u64(..));
-        self.write(move |c| lease_rows(c, &worker, &token, visibility, max))
+        self.write_urgent(move |c| lease_rows(c, &worker, &token, visibility, max))
             .await
     }
 

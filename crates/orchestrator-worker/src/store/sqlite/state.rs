@@ -165,7 +165,7 @@ impl Store for SqliteStore {
 
     async fn journal_claim(&self, key: &str, worker: &str, stale_after: Duration) -> Result<Claim> {
         let (key, worker) = (key.to_owned(), worker.to_owned());
-        self.write(move |c| claim(c, &key, &worker, millis(stale_after)))
+        self.write_urgent(move |c| claim(c, &key, &worker, millis(stale_after)))
             .await
     }
 
@@ -181,7 +181,7 @@ impl Store for SqliteStore {
             handle.handle_id().to_owned(),
             handle.to_json(),
         );
-        self.write(move |c| {
+        self.write_urgent(move |c| {
             let now = now();
             c.exec_cached(
                 "INSERT INTO journal (execution_key, handle_id, runner_type, handle, owner, state, created_at, updated_at)

@@ -154,6 +154,9 @@ fn in_savepoint<T>(c: &mut Connection, f: WriteFn<T>) -> Result<T, StoreError> {
 /// Writes waiting for the writer, and whether a writer is running.
 #[derive(Default)]
 pub(super) struct Pending {
+    /// Writes a test waits for before it can start (journaling its
+    /// handle): committed in a group of their own, ahead of the rest.
+    pub(super) urgent: Vec<Box<dyn WriteJob>>,
     pub(super) jobs: Vec<Box<dyn WriteJob>>,
     pub(super) writing: bool,
 }
@@ -164,13 +167,36 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.write_in(false, f).await
+    }
+
+    /// A write a test waits for before it starts: in the next group, with
+    /// only the other such writes (records and settlements wait for the
+    /// group after).
+    pub(super) async fn write_urgent<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write_in(true, f).await
+    }
+
+    async fn write_in<T: Send + 'static>(
+        &self,
+        urgent: bool,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let start = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.jobs.push(Box::new(Job {
+            let job: Box<dyn WriteJob> = Box::new(Job {
                 f: Box::new(f),
                 reply,
-            }));
+            });
+            if urgent {
+                pending.urgent.push(job);
+            } else {
+                pending.jobs.push(job);
+            }
             !std::mem::replace(&mut pending.writing, true)
         };
         if start {
@@ -187,12 +213,17 @@ impl SqliteStore {
         loop {
             let jobs: Vec<Box<dyn WriteJob>> = {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                if pending.jobs.is_empty() {
+                let queue = if pending.urgent.is_empty() {
+                    &mut pending.jobs
+                } else {
+                    &mut pending.urgent
+                };
+                if queue.is_empty() {
                     pending.writing = false;
                     return;
                 }
-                let take = pending.jobs.len().min(GROUP_MAX);
-                pending.jobs.drain(..take).collect()
+                let take = queue.len().min(GROUP_MAX);
+                queue.drain(..take).collect()
             };
             let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
@@ -327,5 +358,96 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(keys, [2, 3]);
+    }
+
+    /// While a group is being written, background writes queue up, then an
+    /// urgent one: the urgent one commits in the next group, ahead of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_urgent_write_commits_ahead_of_the_writes_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT)")
+                    .map_err(store_err)
+            })
+            .await
+            .unwrap();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (inside, entered) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_| {
+                        let _ = inside.send(());
+                        let _ = held.recv_timeout(std::time::Duration::from_secs(10));
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        let pending = |store: &SqliteStore| {
+            let p = store.pending.lock().unwrap();
+            p.jobs.len() + p.urgent.len()
+        };
+        // The writer is inside the first group.
+        let started = std::time::Instant::now();
+        while entered.try_recv().is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            tokio::task::yield_now().await;
+        }
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..5 {
+            let store = store.clone();
+            writes.spawn(async move {
+                store
+                    .write(move |c| {
+                        c.execute(
+                            "INSERT INTO t (who) VALUES (?1)",
+                            [format!("background {i}")],
+                        )
+                        .map_err(store_err)
+                    })
+                    .await
+            });
+        }
+        while pending(&store) < 5 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            tokio::task::yield_now().await;
+        }
+        let urgent = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write_urgent(|c| {
+                        c.execute("INSERT INTO t (who) VALUES ('urgent')", [])
+                            .map_err(store_err)
+                    })
+                    .await
+            }
+        });
+        while pending(&store) < 6 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            tokio::task::yield_now().await;
+        }
+        hold.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        urgent.await.unwrap().unwrap();
+        while let Some(done) = writes.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let order: Vec<String> = store
+            .with(|c| {
+                let mut stmt = c
+                    .prepare("SELECT who FROM t ORDER BY seq")
+                    .map_err(store_err)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(store_err)?;
+                rows.collect::<Result<_, _>>().map_err(store_err)
+            })
+            .await
+            .unwrap();
+        assert_eq!(order.len(), 6);
+        assert_eq!(order[0], "urgent", "{order:?}");
     }
 }
