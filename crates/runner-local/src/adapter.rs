@@ -117,8 +117,16 @@ impl RunnerAdapter for LocalProcessRunner {
                 && let Ok(existing) = RunnerHandle::from_json(&text)
             {
                 // A redelivered or retried execution adopts its directory
-                // (in the layout it was made with).
-                return Ok(Some(existing));
+                // (in the layout it was made with), if it is whole. Records
+                // without `work/` are what a teardown cut short by a crash
+                // leaves: finish removing them and start afresh.
+                if work.is_dir() {
+                    return Ok(Some(existing));
+                }
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
             let made = (|| {
                 std::fs::create_dir_all(&work)?;

@@ -154,3 +154,29 @@ async fn teardown_removes_an_empty_and_a_filled_work_directory() {
         runner.teardown(&ctx, &handle).await.unwrap();
     }
 }
+
+/// A teardown cut short by a crash can leave the records without `work/`
+/// (CI's fifty-SIGKILL test once found such a directory adopted and its
+/// test dead-lettered as "working directory is gone"). Provisioning the
+/// key again finishes the removal and makes a whole directory: the test
+/// runs.
+#[tokio::test]
+async fn records_left_without_work_are_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let ctx = RunContext::new("cut", "corr").with_execution_key("cut");
+    let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+    let exec_dir = PathBuf::from(handle.handle_id());
+    std::fs::remove_dir(exec_dir.join("work")).unwrap();
+    assert!(exec_dir.join("handle.json").is_file());
+
+    let again = runner.provision(&ctx, &common::bench()).await.unwrap();
+    assert!(exec_dir.join("work").is_dir());
+    let result = runner
+        .run_test(&ctx, &again, &TestPayload::new(["true"]))
+        .await
+        .unwrap();
+    assert_eq!(result.status, TestStatus::Passed);
+    runner.teardown(&ctx, &again).await.unwrap();
+    assert!(!exec_dir.exists());
+}
