@@ -17,8 +17,10 @@ impl Worker {
         let every = Duration::from_secs((me.config.worker.stale_after_seconds / 4).clamp(1, 15));
         tokio::spawn(async move {
             loop {
-                if let Err(e) = me.store.worker_heartbeat(&me.beat()).await {
-                    tracing::warn!(error = %e, "worker heartbeat failed");
+                let sent = std::time::Instant::now();
+                match me.store.worker_heartbeat(&me.beat()).await {
+                    Ok(()) => me.beat_taken(sent),
+                    Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
                 }
                 if let Ok(depth) = me.queue.depth().await {
                     for (state, n) in [

@@ -23,6 +23,10 @@ use crate::queue::{AttemptRecord, Lease, TaskQueue};
 use crate::recorder::Recorder;
 use crate::store::{SqliteStore, Store, StoreError, WorkerBeat, now_ms};
 
+/// How long a lease's read of the journal (`Lease::journal_clear`) is
+/// trusted for a task that waited ahead for its slot.
+const JOURNAL_READ_FRESH: Duration = Duration::from_millis(50);
+
 /// A runner type the worker serves: its config and its engine.
 #[derive(Debug, Clone)]
 struct Served {
@@ -45,6 +49,9 @@ pub struct Worker {
     metrics: Metrics,
     recorder: Recorder,
     running: Running,
+    /// When this worker's last heartbeat that the store took was sent:
+    /// others count it alive until `stale_after` past it.
+    beat_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -131,6 +138,7 @@ impl Worker {
             config,
             metrics: factory.metrics().clone(),
             running: Arc::default(),
+            beat_at: Arc::default(),
         })
     }
 
@@ -188,7 +196,9 @@ impl Worker {
         let poll = Duration::from_millis(self.config.worker.poll_ms);
         // Register before leasing: a lease of an unregistered worker looks
         // dead to the reaper.
+        let sent = Instant::now();
         self.store.worker_heartbeat(&self.beat()).await?;
+        self.beat_taken(sent);
         let background = [
             self.spawn_heartbeat(),
             self.spawn_cancel_watcher(),
@@ -233,10 +243,14 @@ impl Worker {
                 continue;
             }
             let free = slots.available_permits().min(room);
-            let soon = ending.count().saturating_sub(ahead.len());
-            let want = free
-                .saturating_add(soon)
-                .min(room.saturating_sub(ahead.len()));
+            // Only with none waiting ahead: a lease, a wait for work or a
+            // pause could otherwise hold a waiting task back from a slot
+            // that frees meanwhile (an SQS receive long-polls).
+            let want = if ahead.is_empty() {
+                free.saturating_add(ending.count()).min(room)
+            } else {
+                0
+            };
             if want == 0 {
                 tokio::select! {
                     _ = running.join_next() => {}
@@ -329,16 +343,42 @@ impl Worker {
         Ok(())
     }
 
+    /// A heartbeat sent at `sent` was stored.
+    fn beat_taken(&self, sent: Instant) {
+        if let Ok(mut at) = self.beat_at.lock() {
+            *at = Some(sent);
+        }
+    }
+
+    /// Until when no other worker can take over this worker's journal
+    /// entries for a lease that arrived at `arrived`: the lease must lapse
+    /// first (no other worker is given the task before), and this worker
+    /// must look dead (the reaper takes the entries of a worker whose
+    /// heartbeat is `stale_after` old). Half of each, for clocks that
+    /// differ between hosts. `None` before the first heartbeat.
+    pub(super) fn surely_owned_until(&self, arrived: Instant) -> Option<Instant> {
+        let beat = self.beat_at.lock().ok().and_then(|at| *at)?;
+        let lease = arrived + self.config.worker.visibility() / 2;
+        Some(lease.min(beat + self.config.worker.stale_after() / 2))
+    }
+
     /// Run `lease` in `slot` as a task of `running`.
     fn start(
         &self,
         running: &mut JoinSet<()>,
-        lease: Lease,
+        mut lease: Lease,
         arrived: Instant,
         slot: slot::Slot,
         hard: &CancellationToken,
         hurry: &CancellationToken,
     ) {
+        // What the lease read of the journal (no live entry for the key)
+        // may be out of date once the task waited ahead through a long
+        // teardown: a previous holder whose lease lapsed could have
+        // journaled a handle since. Claim as usual then.
+        if arrived.elapsed() > JOURNAL_READ_FRESH {
+            lease.journal_clear = false;
+        }
         let me = self.clone();
         let (hard, hurry) = (hard.clone(), hurry.clone());
         running.spawn(async move {
@@ -393,5 +433,37 @@ impl Worker {
         {
             tracing::warn!(task = %lease.task_id, error = %e, "cannot give back a task leased ahead; it is redelivered when its lease lapses");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The journal read before teardown is skipped only while both the
+    /// lease and this worker's last heartbeat are surely current: a
+    /// `stale_after` shorter than the visibility bounds it.
+    #[tokio::test]
+    async fn the_owner_read_is_skipped_only_within_half_the_lease_and_half_the_staleness() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WorkerConfig::from_yaml_str(&format!(
+            "queue: {{path: '{}'}}\nworker: {{visibility_seconds: 300, stale_after_seconds: 10}}\nrunners:\n  - {{type: local_mock}}\n",
+            dir.path().join("q.sqlite3").display()
+        ))
+        .unwrap();
+        let worker = Worker::new(config, &RunnerFactory::with_builtins(Metrics::new())).unwrap();
+        let arrived = Instant::now();
+        assert_eq!(worker.surely_owned_until(arrived), None, "no heartbeat yet");
+        let beat = arrived - Duration::from_secs(1);
+        worker.beat_taken(beat);
+        assert_eq!(
+            worker.surely_owned_until(arrived),
+            Some(beat + Duration::from_secs(5))
+        );
+        worker.beat_taken(arrived + Duration::from_secs(400));
+        assert_eq!(
+            worker.surely_owned_until(arrived),
+            Some(arrived + Duration::from_secs(150))
+        );
     }
 }

@@ -48,10 +48,9 @@ impl Worker {
         slot: Option<Slot>,
         arrived: std::time::Instant,
     ) -> Disposition {
-        // The lease is this worker's for at least its visibility from when
-        // it was granted; half of it leaves room for clocks that differ
-        // between hosts.
-        let lease_held_until = arrived + self.config.worker.visibility() / 2;
+        // No other worker can take this execution's journal entry over
+        // until then (see `surely_owned_until`).
+        let lease_held_until = self.surely_owned_until(arrived);
         if let Some(problem) = &lease.body_error {
             return self.settle_bad(&lease, None, "unknown", problem).await;
         }
@@ -241,7 +240,7 @@ impl Worker {
                 hurry,
                 journal_clear,
                 journal_end_by_caller: true,
-                lease_held_until: Some(lease_held_until),
+                lease_held_until,
             })
             .instrument(span)
             .await;
