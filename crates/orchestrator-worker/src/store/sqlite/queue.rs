@@ -72,6 +72,28 @@ fn insert_submission(
     Ok(None)
 }
 
+/// Ready tasks whose delay passed, and leased ones whose lease expired,
+/// oldest first, leased to `?2` with token `?3` until `?4`, at most `?5`.
+/// One state at a time, each read in the order of the (state, visible_at)
+/// index and stopped at the limit: with both states in one `IN`, SQLite
+/// sorted every visible task on each lease (100,000 of them at the start
+/// of a large drain) to keep a few.
+const LEASE_ROWS: &str = "UPDATE tasks SET state = 'leased', lease_owner = ?2, lease_token = ?3,
+        visible_at = ?4, attempts = attempts + 1, updated_at = ?1
+ WHERE id IN (
+     SELECT id FROM (
+         SELECT id, visible_at FROM (
+             SELECT id, visible_at FROM tasks WHERE state = 'ready' AND visible_at <= ?1
+             ORDER BY visible_at, id LIMIT ?5)
+         UNION ALL
+         SELECT id, visible_at FROM (
+             SELECT id, visible_at FROM tasks WHERE state = 'leased' AND visible_at <= ?1
+             ORDER BY visible_at, id LIMIT ?5))
+     ORDER BY visible_at, id LIMIT ?5)
+ RETURNING id, body, attempts, history, attributes,
+           NOT EXISTS (SELECT 1 FROM journal j
+                       WHERE j.execution_key = tasks.execution_key AND j.state = 'live')";
+
 fn lease_rows(
     c: &Connection,
     worker: &str,
@@ -82,30 +104,7 @@ fn lease_rows(
     let now = now();
     let until = now.saturating_add(millis(visibility));
     let limit = i64::try_from(max.max(1)).unwrap_or(1);
-    // Ready tasks whose delay passed, and leased ones whose lease expired,
-    // oldest first. One state at a time, each read in the order of the
-    // (state, visible_at) index and stopped at the limit: with both states
-    // in one `IN`, SQLite sorted every visible task on each lease (100,000
-    // of them at the start of a large drain) to keep a few.
-    let mut stmt = c
-        .prepare_cached(
-            "UPDATE tasks SET state = 'leased', lease_owner = ?2, lease_token = ?3,
-                    visible_at = ?4, attempts = attempts + 1, updated_at = ?1
-             WHERE id IN (
-                 SELECT id FROM (
-                     SELECT id, visible_at FROM (
-                         SELECT id, visible_at FROM tasks WHERE state = 'ready' AND visible_at <= ?1
-                         ORDER BY visible_at, id LIMIT ?5)
-                     UNION ALL
-                     SELECT id, visible_at FROM (
-                         SELECT id, visible_at FROM tasks WHERE state = 'leased' AND visible_at <= ?1
-                         ORDER BY visible_at, id LIMIT ?5))
-                 ORDER BY visible_at, id LIMIT ?5)
-             RETURNING id, body, attempts, history, attributes,
-                       NOT EXISTS (SELECT 1 FROM journal j
-                                   WHERE j.execution_key = tasks.execution_key AND j.state = 'live')",
-        )
-        .map_err(store_err)?;
+    let mut stmt = c.prepare_cached(LEASE_ROWS).map_err(store_err)?;
     let rows = stmt
         .query_map(params![now, worker, token, until, limit], |r| {
             Ok((
@@ -473,4 +472,45 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
         history: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
         created_ms: to_u64(r.get(5)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lease statement is planned once: leases of different sizes
+    /// bind `LIMIT ?5` anew each time, and with plans allowed to depend on
+    /// bound values SQLite parsed and planned the statement again on every
+    /// one of them.
+    #[tokio::test]
+    async fn the_lease_statement_is_not_planned_again_for_each_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("q.sqlite3")).unwrap();
+        for key in ["a", "b", "c", "d", "e"] {
+            let task = Task::new(
+                key,
+                "local_mock",
+                runner_core::BenchSpec::default(),
+                runner_core::TestPayload::new(["true"]),
+            );
+            store.enqueue(&task).await.unwrap();
+        }
+        let mut leased = 0;
+        for max in [1, 2, 1, 3] {
+            leased += store
+                .lease_many("w", Duration::from_secs(30), max)
+                .await
+                .unwrap()
+                .len();
+        }
+        assert_eq!(leased, 5);
+        let replanned = store
+            .with(|c| {
+                let stmt = c.prepare_cached(LEASE_ROWS).map_err(store_err)?;
+                Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+            })
+            .await
+            .unwrap();
+        assert_eq!(replanned, 0, "the lease statement was planned again");
+    }
 }
