@@ -14,6 +14,11 @@ use crate::store::{RecordUpdate, Store, StoreError};
 const CAPACITY: usize = 4096;
 /// Most updates in one transaction.
 const BATCH: usize = 512;
+/// How long state changes wait for more before they are written: the
+/// phases of a short test and its settlement then share one transaction
+/// (a test of a few milliseconds made five or six, each a commit of its
+/// own). A settlement is written at once, with everything queued before it.
+const LINGER: Duration = Duration::from_millis(5);
 
 enum Item {
     Update(RecordUpdate),
@@ -41,7 +46,7 @@ impl Recorder {
         let (tx, mut rx) = mpsc::channel::<Item>(CAPACITY);
         tokio::spawn(async move {
             let mut items = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut items, BATCH).await > 0 {
+            while gather(&mut rx, &mut items, LINGER).await > 0 {
                 let mut updates = Vec::with_capacity(items.len());
                 let mut waiting = Vec::new();
                 for item in items.drain(..) {
@@ -98,6 +103,32 @@ impl Recorder {
     }
 }
 
+/// The next batch into `items`: what is queued, and when that is only state
+/// changes, whatever else comes within `linger` of them, until a
+/// settlement comes or the batch is full. 0 once the channel is closed
+/// and empty.
+async fn gather(rx: &mut mpsc::Receiver<Item>, items: &mut Vec<Item>, linger: Duration) -> usize {
+    let mut checked = 0;
+    if rx.recv_many(items, BATCH).await == 0 {
+        return 0;
+    }
+    let until = tokio::time::Instant::now() + linger;
+    loop {
+        let settles = items[checked..]
+            .iter()
+            .any(|item| matches!(item, Item::Commit(..)));
+        checked = items.len();
+        if settles || items.len() >= BATCH {
+            break;
+        }
+        match tokio::time::timeout_at(until, rx.recv_many(items, BATCH - items.len())).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    items.len()
+}
+
 /// Write one batch, trying again a few times while the store is unavailable.
 async fn write(store: &dyn Store, updates: &[RecordUpdate]) -> Result<(), StoreError> {
     let backoff = runner_core::Backoff {
@@ -113,5 +144,74 @@ async fn write(store: &dyn Store, updates: &[RecordUpdate]) -> Result<(), StoreE
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ExecState;
+
+    fn update(key: &str) -> RecordUpdate {
+        RecordUpdate::State {
+            new: crate::report::new_execution(&crate::task::Task::new(
+                key,
+                "local_mock",
+                runner_core::BenchSpec::default(),
+                runner_core::TestPayload::new(["true"]),
+            )),
+            state: ExecState::Running,
+            at_ms: 0,
+            attempt: Some(1),
+            worker: None,
+            message: String::new(),
+        }
+    }
+
+    /// A state change taken alone waits for the settlement that follows
+    /// it, and both go in one batch (one transaction).
+    #[tokio::test]
+    async fn state_changes_wait_for_the_settlement_and_share_its_batch() {
+        let (tx, mut rx) = mpsc::channel(CAPACITY);
+        let gathering = tokio::spawn(async move {
+            let mut items = Vec::new();
+            // Far longer than the test: only the settlement ends it.
+            gather(&mut rx, &mut items, Duration::from_secs(600)).await;
+            items
+        });
+        tx.send(Item::Update(update("a"))).await.unwrap();
+        // Once the state change is taken, send the settlement.
+        let started = std::time::Instant::now();
+        while tx.capacity() < CAPACITY {
+            assert!(started.elapsed() < Duration::from_secs(20), "never taken");
+            tokio::task::yield_now().await;
+        }
+        let (done, _wait) = oneshot::channel();
+        tx.send(Item::Commit(update("a"), done)).await.unwrap();
+        let items = tokio::time::timeout(Duration::from_secs(20), gathering)
+            .await
+            .expect("the settlement ends the batch")
+            .unwrap();
+        assert_eq!(format!("{items:?}"), "[Update(a), Commit(a)]", "one batch");
+    }
+
+    /// State changes with nothing after them are written once the linger
+    /// is over; a closed, empty channel ends the writer.
+    #[tokio::test]
+    async fn state_changes_alone_are_written_after_the_linger() {
+        let (tx, mut rx) = mpsc::channel(CAPACITY);
+        tx.send(Item::Update(update("a"))).await.unwrap();
+        tx.send(Item::Update(update("b"))).await.unwrap();
+        let mut items = Vec::new();
+        let n = tokio::time::timeout(
+            Duration::from_secs(20),
+            gather(&mut rx, &mut items, Duration::from_millis(1)),
+        )
+        .await
+        .expect("written after the linger");
+        assert_eq!(n, 2);
+        drop(tx);
+        items.clear();
+        assert_eq!(gather(&mut rx, &mut items, LINGER).await, 0);
     }
 }
