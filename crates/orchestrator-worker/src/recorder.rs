@@ -23,6 +23,8 @@ const LINGER: Duration = Duration::from_millis(5);
 enum Item {
     Update(RecordUpdate),
     Commit(RecordUpdate, oneshot::Sender<Result<(), StoreError>>),
+    /// Answered once everything queued before it is stored.
+    Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A handle to the writer task. Cheap to clone.
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Item {
         match self {
             Item::Update(u) => write!(f, "Update({})", u.key()),
             Item::Commit(u, _) => write!(f, "Commit({})", u.key()),
+            Item::Flush(_) => write!(f, "Flush"),
         }
     }
 }
@@ -56,9 +59,14 @@ impl Recorder {
                             updates.push(u);
                             waiting.push(done);
                         }
+                        Item::Flush(done) => waiting.push(done),
                     }
                 }
-                let result = write(&*store, &updates).await;
+                let result = if updates.is_empty() {
+                    Ok(())
+                } else {
+                    write(&*store, &updates).await
+                };
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, updates = updates.len(), "cannot record execution updates");
                 }
@@ -90,6 +98,18 @@ impl Recorder {
         }
     }
 
+    /// Wait until everything queued before this call is stored: state
+    /// changes still waiting for their batch are written now.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Item::Flush(done))
+            .await
+            .map_err(|_| StoreError::Store("the record writer stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Store("the record writer stopped".into()))?
+    }
+
     /// Write `update` after everything queued before it, and wait until it
     /// is stored.
     pub async fn commit(&self, update: RecordUpdate) -> Result<(), StoreError> {
@@ -105,7 +125,7 @@ impl Recorder {
 
 /// The next batch into `items`: what is queued, and when that is only state
 /// changes, whatever else comes within `linger` of them, until a
-/// settlement comes or the batch is full. 0 once the channel is closed
+/// settlement or a flush comes or the batch is full. 0 once the channel is closed
 /// and empty.
 async fn gather(rx: &mut mpsc::Receiver<Item>, items: &mut Vec<Item>, linger: Duration) -> usize {
     let mut checked = 0;
@@ -116,7 +136,7 @@ async fn gather(rx: &mut mpsc::Receiver<Item>, items: &mut Vec<Item>, linger: Du
     loop {
         let settles = items[checked..]
             .iter()
-            .any(|item| matches!(item, Item::Commit(..)));
+            .any(|item| matches!(item, Item::Commit(..) | Item::Flush(_)));
         checked = items.len();
         if settles || items.len() >= BATCH {
             break;
@@ -213,5 +233,30 @@ mod tests {
         drop(tx);
         items.clear();
         assert_eq!(gather(&mut rx, &mut items, LINGER).await, 0);
+    }
+
+    /// A flush returns once the state changes queued before it are
+    /// stored, without waiting for a settlement (the end of `serve`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_stores_the_state_changes_queued_before_it() {
+        use crate::queue::TaskQueue;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        let task = crate::task::Task::new(
+            "a",
+            "local_mock",
+            runner_core::BenchSpec::default(),
+            runner_core::TestPayload::new(["true"]),
+        );
+        store
+            .submit(&task, &crate::report::new_execution(&task))
+            .await
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let recorder = Recorder::spawn(Arc::clone(&store));
+        recorder.push(update("a")).await;
+        recorder.flush().await.unwrap();
+        let record = store.execution("a").await.unwrap().unwrap();
+        assert_eq!(record.state, ExecState::Running);
     }
 }

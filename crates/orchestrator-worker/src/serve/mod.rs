@@ -338,6 +338,13 @@ impl Worker {
         for task in background {
             task.abort();
         }
+        // State changes still waiting for their batch (those of executions
+        // the drain cut off) are written before the worker goes.
+        match tokio::time::timeout(Duration::from_secs(5), self.recorder.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the last state changes"),
+            Err(_) => tracing::warn!("the last state changes were not written within 5 s"),
+        }
         self.store.worker_gone(&self.id).await?;
         tracing::info!("stopped");
         Ok(())
