@@ -101,25 +101,25 @@ impl Recorder {
     /// Wait until everything queued before this call is stored: state
     /// changes still waiting for their batch are written now.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Item::Flush(done))
-            .await
-            .map_err(|_| StoreError::Store("the record writer stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Store("the record writer stopped".into()))?
+        self.send_and_wait(Item::Flush).await
     }
 
     /// Write `update` after everything queued before it, and wait until it
     /// is stored.
     pub async fn commit(&self, update: RecordUpdate) -> Result<(), StoreError> {
+        self.send_and_wait(|done| Item::Commit(update, done)).await
+    }
+
+    /// Queue the item `make` builds around a reply channel; wait for the
+    /// reply.
+    async fn send_and_wait(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Item,
+    ) -> Result<(), StoreError> {
+        let stopped = || StoreError::Store("the record writer stopped".into());
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Item::Commit(update, done))
-            .await
-            .map_err(|_| StoreError::Store("the record writer stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Store("the record writer stopped".into()))?
+        self.tx.send(make(done)).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 }
 

@@ -189,9 +189,7 @@ impl RunnerAdapter for LocalProcessRunner {
         // shared empty log, small work. Logs with content are hashed (and
         // copied where no link can be made), patterns walk the test's
         // tree: on the pool.
-        let small = payload.artifacts.is_empty()
-            && !state.log("stdout").exists()
-            && !state.log("stderr").exists();
+        let small = payload.artifacts.is_empty() && !state.logs().iter().any(|log| log.exists());
         let outcome = fs_work(small, move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dest)?;
             let mut bundle = ArtifactBundle::default();
@@ -256,7 +254,7 @@ impl RunnerAdapter for LocalProcessRunner {
         }
         let dir = state.dir.clone();
         let work = state.work();
-        let logs = [state.log("stdout"), state.log("stderr")];
+        let logs = state.logs();
         let removed = fs_work(true, move || {
             // An empty `work/` and no logs leave only the small records:
             // done here. A tree the test left, or its logs (up to

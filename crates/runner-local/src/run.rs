@@ -179,7 +179,7 @@ pub(crate) async fn run_test(
         let sink = ctx.logs().clone();
         let redactor = redactor.clone();
         let limit = config.max_log_bytes;
-        let stale = [state.log("stdout"), state.log("stderr")];
+        let stale = state.logs();
         tokio::task::spawn_blocking(move || -> std::io::Result<Vec<output::PumpStats>> {
             // A new file for each run, never a truncated old one: an
             // earlier attempt's collected log may be a link to it. (What

@@ -41,6 +41,11 @@ impl LocalState {
     pub(crate) fn log(&self, stream: &str) -> PathBuf {
         self.meta().join(format!("{stream}.log"))
     }
+
+    /// Both log files; a run makes one only when its stream wrote.
+    pub(crate) fn logs(&self) -> [PathBuf; 2] {
+        [self.log("stdout"), self.log("stderr")]
+    }
 }
 
 pub(crate) const HANDLE_FILE: &str = "handle.json";
