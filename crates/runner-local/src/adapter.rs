@@ -10,6 +10,7 @@ use runner_core::{
 
 use crate::config::{LocalBench, LocalConfig};
 use crate::io::{fs_work, io_error};
+use crate::spare::Spares;
 use crate::state::{HANDLE_FILE, LocalState, dir_name, list_dirs, read_handle_file};
 use crate::{RUNNER_TYPE, artifacts, process, run};
 
@@ -18,12 +19,14 @@ use crate::{RUNNER_TYPE, artifacts, process, run};
 pub struct LocalProcessRunner {
     config: LocalConfig,
     swept: process::Swept,
+    spares: Spares,
 }
 
 impl LocalProcessRunner {
     /// A runner with `config`.
     pub fn new(config: LocalConfig) -> Self {
         Self {
+            spares: Spares::new(&config.root),
             config,
             swept: process::Swept::default(),
         }
@@ -112,6 +115,7 @@ impl RunnerAdapter for LocalProcessRunner {
         // The records go in the directory itself, made with `work/`.
         let work = state.work();
         let json = handle.to_json();
+        let spares = self.spares.clone();
         let made = fs_work(true, move || -> std::io::Result<Option<RunnerHandle>> {
             if let Some((_, text)) = read_handle_file(&dir)
                 && let Ok(existing) = RunnerHandle::from_json(&text)
@@ -129,7 +133,15 @@ impl RunnerAdapter for LocalProcessRunner {
                 }
             }
             let made = (|| {
+                // A clean directory an earlier test of this process left,
+                // with this handle written in before it moves here.
+                if std::fs::symlink_metadata(&dir).is_err()
+                    && spares.take_into(&dir, json.as_bytes())?
+                {
+                    return Ok(());
+                }
                 std::fs::create_dir_all(&work)?;
+                spares.saw_fresh(&work);
                 // One small write in place, no temporary file and rename
                 // (a metadata operation fewer per test): a torn file reads
                 // as no handle, and the next provision writes it again.
@@ -191,6 +203,19 @@ impl RunnerAdapter for LocalProcessRunner {
         // tree: on the pool.
         let small = payload.artifacts.is_empty() && !state.logs().iter().any(|log| log.exists());
         let outcome = fs_work(small, move || -> std::io::Result<_> {
+            if small && shared_empty(&empty) {
+                // Nothing to keep but two empty logs: both name the shared
+                // empty file, and no directory is made for the execution.
+                let mut bundle = ArtifactBundle::default();
+                for stream in ["stdout", "stderr"] {
+                    bundle.artifacts.push(Artifact::from_local_file(
+                        format!("logs/{stream}.log"),
+                        ArtifactKind::Log,
+                        &empty,
+                    )?);
+                }
+                return Ok((bundle, Vec::new()));
+            }
             std::fs::create_dir_all(&dest)?;
             let mut bundle = ArtifactBundle::default();
             let mut taken = Vec::new();
@@ -248,19 +273,25 @@ impl RunnerAdapter for LocalProcessRunner {
             record.kill();
         }
         let dir = state.dir.clone();
-        if !self.swept.take(&dir) {
-            // A scan of every process: on the pool.
-            let _ = fs_work(false, move || process::kill_marked(&dir, None)).await;
-        }
+        // Whether no process of the test is left to write in the directory.
+        let clean = self.swept.take(&dir)
+            || fs_work(false, move || process::kill_marked(&dir, None).clean)
+                .await
+                .unwrap_or(false);
         let dir = state.dir.clone();
         let work = state.work();
         let logs = state.logs();
+        let (flat, spares) = (state.flat, self.spares.clone());
         let removed = fs_work(true, move || {
             // An empty `work/` and no logs leave only the small records:
-            // done here. A tree the test left, or its logs (up to
-            // `max_log_bytes` each), go to the pool.
+            // done here (the directory kept for the next test where
+            // nothing in it came from this one). A tree the test left, or
+            // its logs (up to `max_log_bytes` each), go to the pool.
             if logs.iter().any(|log| log.exists()) {
                 return None;
+            }
+            if clean && flat && spares.keep(&dir) {
+                return Some(Ok(()));
             }
             match std::fs::remove_dir(&work) {
                 Ok(()) => Some(std::fs::remove_dir_all(&dir)),
@@ -317,27 +348,43 @@ const EMPTY_LOG: &str = ".empty.log";
 /// link can be made (the file system's link limit, a `shared` that is not
 /// empty).
 fn link_empty(shared: &Path, target: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     match std::fs::remove_file(target) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(shared)
-    {
-        // Made now, or by an earlier execution (or another worker).
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(_) => return std::fs::write(target, b""),
-    }
-    let still_empty = std::fs::metadata(shared).is_ok_and(|m| m.is_file() && m.len() == 0);
-    if still_empty && std::fs::hard_link(shared, target).is_ok() {
+    if shared_empty(shared) && std::fs::hard_link(shared, target).is_ok() {
         return Ok(());
     }
     std::fs::write(target, b"")
+}
+
+/// Whether the shared, read-only empty file `shared` is there (made here
+/// the first time) and still empty.
+fn shared_empty(shared: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let make = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(shared)
+    };
+    let made = match make() {
+        // `artifacts_dir` itself is not there yet (the first test).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            shared.parent().map_or(Err(e), |dir| {
+                std::fs::create_dir_all(dir).and_then(|()| make())
+            })
+        }
+        other => other,
+    };
+    match made {
+        // Made now, or by an earlier execution (or another worker).
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return false,
+    }
+    std::fs::symlink_metadata(shared).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// Put the finished log `source` at `target`: a hard link (no copy, no

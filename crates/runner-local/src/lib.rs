@@ -8,6 +8,7 @@ mod output;
 mod process;
 mod register;
 mod run;
+mod spare;
 mod stage;
 mod state;
 

@@ -239,7 +239,8 @@ fn start_ticks(pid: i32) -> Option<u64> {
 /// group's members).
 pub(crate) fn save(record: &GroupRecord, path: &Path) -> std::io::Result<()> {
     let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    std::fs::write(path, json)
+    // Over the old record where one is (a reused directory): no new inode.
+    crate::spare::write_in_place(path, &json)
 }
 
 /// Read a saved record; `None` when no run was started.

@@ -36,7 +36,7 @@ impl LocalState {
         }
     }
     pub(crate) fn group_file(&self) -> PathBuf {
-        self.meta().join("group.json")
+        self.meta().join(GROUP_FILE)
     }
     pub(crate) fn log(&self, stream: &str) -> PathBuf {
         self.meta().join(format!("{stream}.log"))
@@ -49,6 +49,8 @@ impl LocalState {
 }
 
 pub(crate) const HANDLE_FILE: &str = "handle.json";
+/// The process-group record of the last run.
+pub(crate) const GROUP_FILE: &str = "group.json";
 
 /// Where records lay before the flat layout (see [`LocalState::flat`]).
 const LEGACY_META: &str = "meta";
