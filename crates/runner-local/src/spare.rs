@@ -16,8 +16,9 @@
 //! `<root>/.spare/<pid>/`, one directory per process, so two processes
 //! sharing a root never take the same spare; a process finds the spare
 //! directories of processes that are gone and removes them the first time
-//! it keeps one. `list_owned` never reports a spare: it reads only the
-//! root's own entries, and `.spare` has no handle record.
+//! it keeps one, and its own when the runner is dropped (a process that
+//! ends normally leaves none). `list_owned` never reports a spare: it
+//! reads only the root's own entries, and `.spare` has no handle record.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -64,25 +65,43 @@ struct Inner {
     made: u64,
 }
 
-/// This process's spare execution directories under one root.
+/// This process's spare execution directories under one root; removed
+/// when the last clone is dropped (a one-shot `orchestrator run` leaves
+/// nothing behind).
 #[derive(Debug, Clone)]
-pub(crate) struct Spares {
+pub(crate) struct Spares(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     /// `<root>/.spare/<pid>`.
     dir: PathBuf,
-    inner: Arc<Mutex<Inner>>,
+    inner: Mutex<Inner>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let ready = self.inner.get_mut().map_or(true, |i| i.ready);
+        if ready {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            // `.spare` too, unless another process keeps spares there.
+            if let Some(parent) = self.dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
 }
 
 impl Spares {
     pub(crate) fn new(root: &Path) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             dir: root.join(SPARE_DIR).join(std::process::id().to_string()),
-            inner: Arc::default(),
-        }
+            inner: Mutex::default(),
+        }))
     }
 
     /// Note what a fresh directory looks like, from `work`, just made.
     pub(crate) fn saw_fresh(&self, work: &Path) {
-        let Ok(mut inner) = self.inner.lock() else {
+        let Ok(mut inner) = self.0.inner.lock() else {
             return;
         };
         if inner.fresh.is_none()
@@ -97,7 +116,7 @@ impl Spares {
     /// its own record. `Ok(false)` when there is no spare (or it could not
     /// be used, then it is removed); `dir` must not exist.
     pub(crate) fn take_into(&self, dir: &Path, handle: &[u8]) -> std::io::Result<bool> {
-        let Some(spare) = self.inner.lock().ok().and_then(|mut i| i.kept.pop()) else {
+        let Some(spare) = self.0.inner.lock().ok().and_then(|mut i| i.kept.pop()) else {
             return Ok(false);
         };
         let used = write_in_place(&spare.join(HANDLE_FILE), handle)
@@ -122,7 +141,7 @@ impl Spares {
     /// caller removes it). Its process-group record is blanked first.
     pub(crate) fn keep(&self, dir: &Path) -> bool {
         let (fresh, name) = {
-            let Ok(mut inner) = self.inner.lock() else {
+            let Ok(mut inner) = self.0.inner.lock() else {
                 return false;
             };
             if inner.kept.len() >= MAX_SPARES {
@@ -132,13 +151,13 @@ impl Spares {
                 return false;
             };
             if !inner.ready {
-                if prepare(&self.dir).is_err() {
+                if prepare(&self.0.dir).is_err() {
                     return false;
                 }
                 inner.ready = true;
             }
             inner.made += 1;
-            (fresh, self.dir.join(inner.made.to_string()))
+            (fresh, self.0.dir.join(inner.made.to_string()))
         };
         if !untouched(dir, fresh) {
             return false;
@@ -150,7 +169,7 @@ impl Spares {
         if std::fs::rename(dir, &name).is_err() {
             return false;
         }
-        if let Ok(mut inner) = self.inner.lock() {
+        if let Ok(mut inner) = self.0.inner.lock() {
             inner.kept.push(name);
         }
         true
@@ -312,6 +331,19 @@ mod tests {
         let dir = made(root.path(), "exec-a", &spares);
         assert!(spares.keep(&dir));
         assert!(!gone.exists());
+    }
+
+    #[test]
+    fn spares_go_with_the_last_clone() {
+        let root = tempfile::tempdir().unwrap();
+        let spares = Spares::new(root.path());
+        let dir = made(root.path(), "exec-a", &spares);
+        assert!(spares.keep(&dir));
+        let other = spares.clone();
+        drop(spares);
+        assert!(root.path().join(SPARE_DIR).exists());
+        drop(other);
+        assert!(!root.path().join(SPARE_DIR).exists());
     }
 
     #[test]
