@@ -281,8 +281,13 @@ fn scenario(postgres: bool) {
         serde_json::from_slice(&h.run(&["status", "long-1", "--json"]).stdout).unwrap();
     assert_eq!(doc["execution"]["state"], "cancelled");
     assert!(doc["execution"]["cancel_requested"].as_bool().unwrap());
+    // (`.spare` holds the serving runner's clean directories kept for
+    // reuse, never an execution's.)
     assert!(
-        std::fs::read_dir(h.path("work")).unwrap().next().is_none(),
+        std::fs::read_dir(h.path("work"))
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name() == ".spare"),
         "its working directory was torn down"
     );
 

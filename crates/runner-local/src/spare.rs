@@ -13,8 +13,8 @@
 //! entries are `work/` and the two records, `work/` is an empty directory,
 //! and both directories still have the mode and owner a fresh one gets.
 //! Anything else is removed as before. Spares live under
-//! `<root>/.spare/<pid>/`, one directory per process, so two processes
-//! sharing a root never take the same spare; a process finds the spare
+//! `<root>/.spare/<pid>.<n>/`, one directory per runner, so two runners
+//! (or processes) sharing a root never take the same spare; a process finds the spare
 //! directories of processes that are gone and removes them the first time
 //! it keeps one, and its own when the runner is dropped (a process that
 //! ends normally leaves none). `list_owned` never reports a spare: it
@@ -73,28 +73,33 @@ pub(crate) struct Spares(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    /// `<root>/.spare/<pid>`.
+    /// `<root>/.spare/<pid>.<n>`.
     dir: PathBuf,
     inner: Mutex<Inner>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let ready = self.inner.get_mut().map_or(true, |i| i.ready);
-        if ready {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            // `.spare` too, unless another process keeps spares there.
-            if let Some(parent) = self.dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            // Those of killed processes, and `.spare` itself unless a live
+            // process keeps spares there.
+            remove_gone(parent);
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }
 
 impl Spares {
     pub(crate) fn new(root: &Path) -> Self {
+        // One directory per runner: two runners of one process sharing a
+        // root never hand each other a spare.
+        static RUNNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let runner = RUNNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self(Arc::new(Shared {
-            dir: root.join(SPARE_DIR).join(std::process::id().to_string()),
+            dir: root
+                .join(SPARE_DIR)
+                .join(format!("{}.{runner}", std::process::id())),
             inner: Mutex::default(),
         }))
     }
@@ -205,22 +210,28 @@ fn untouched(dir: &Path, fresh: Fresh) -> bool {
     std::fs::read_dir(&work).is_ok_and(|mut e| e.next().is_none())
 }
 
-/// Make this process's spare directory; remove those of processes that
-/// are gone (a pid that no longer exists; a reused pid keeps its spares
-/// until that process is gone too).
+/// Make this runner's spare directory; remove those of processes that
+/// are gone.
 fn prepare(own: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(own)?;
-    let Some(parent) = own.parent() else {
-        return Ok(());
+    if let Some(parent) = own.parent() {
+        remove_gone(parent);
+    }
+    Ok(())
+}
+
+/// Remove the spare directories under `parent` (named `<pid>.<runner>`) of
+/// processes that are gone: a pid that no longer exists (a reused pid
+/// keeps its spares until that process is gone too).
+fn remove_gone(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
     };
-    for entry in std::fs::read_dir(parent)?.flatten() {
-        let path = entry.path();
-        if path == own {
-            continue;
-        }
+    for entry in entries.flatten() {
         let gone = entry
             .file_name()
             .to_str()
+            .and_then(|n| n.split('.').next())
             .and_then(|n| n.parse::<i32>().ok())
             .is_some_and(|pid| {
                 matches!(
@@ -229,10 +240,9 @@ fn prepare(own: &Path) -> std::io::Result<()> {
                 )
             });
         if gone {
-            let _ = std::fs::remove_dir_all(&path);
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    Ok(())
 }
 
 /// Replace the contents of the small file `path` with `bytes` in place:
@@ -325,7 +335,7 @@ mod tests {
     fn spares_of_a_process_that_is_gone_are_removed() {
         let root = tempfile::tempdir().unwrap();
         // A pid above pid_max's largest value (4194304) is never alive.
-        let gone = root.path().join(SPARE_DIR).join("99999999");
+        let gone = root.path().join(SPARE_DIR).join("99999999.0");
         std::fs::create_dir_all(gone.join("1/work")).unwrap();
         let spares = Spares::new(root.path());
         let dir = made(root.path(), "exec-a", &spares);
@@ -342,6 +352,8 @@ mod tests {
         let other = spares.clone();
         drop(spares);
         assert!(root.path().join(SPARE_DIR).exists());
+        // A killed process's spares, left since this runner kept its first.
+        std::fs::create_dir_all(root.path().join(SPARE_DIR).join("99999999.3/1/work")).unwrap();
         drop(other);
         assert!(!root.path().join(SPARE_DIR).exists());
     }

@@ -515,10 +515,15 @@ async fn a_clean_directory_is_reused_and_a_touched_one_never_reaches_the_next_te
     assert_eq!(result.status, TestStatus::Passed);
     runner.teardown(&first, &handle).await.unwrap();
     assert!(!std::path::Path::new(handle.handle_id()).exists());
-    let spares = dir
-        .path()
-        .join("work/.spare")
-        .join(std::process::id().to_string());
+    let spares = std::fs::read_dir(dir.path().join("work/.spare"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with(&format!("{}.", std::process::id()))
+        })
+        .unwrap();
     assert_eq!(std::fs::read_dir(&spares).unwrap().count(), 1);
 
     let second = ctx("reuse-b");
