@@ -136,7 +136,7 @@ impl RunnerAdapter for LocalProcessRunner {
                 // A clean directory an earlier test of this process left,
                 // with this handle written in before it moves here.
                 if std::fs::symlink_metadata(&dir).is_err()
-                    && spares.take_into(&dir, json.as_bytes())?
+                    && spares.take_into(&dir, json.as_bytes())
                 {
                     return Ok(());
                 }

@@ -118,27 +118,19 @@ impl Spares {
 
     /// Move a spare to `dir` with the handle record `handle` in it, written
     /// before the move: the directory never appears under the root without
-    /// its own record. `Ok(false)` when there is no spare (or it could not
-    /// be used, then it is removed); `dir` must not exist.
-    pub(crate) fn take_into(&self, dir: &Path, handle: &[u8]) -> std::io::Result<bool> {
+    /// its own record. `false` when there is no spare or it could not be
+    /// used (then it is removed, and the caller makes a directory anew);
+    /// `dir` must not exist.
+    pub(crate) fn take_into(&self, dir: &Path, handle: &[u8]) -> bool {
         let Some(spare) = self.0.inner.lock().ok().and_then(|mut i| i.kept.pop()) else {
-            return Ok(false);
+            return false;
         };
         let used = write_in_place(&spare.join(HANDLE_FILE), handle)
             .and_then(|()| std::fs::rename(&spare, dir));
-        match used {
-            Ok(()) => Ok(true),
-            Err(err) => {
-                let _ = std::fs::remove_dir_all(&spare);
-                match err.kind() {
-                    // Gone meanwhile, or the target appeared: make one anew.
-                    std::io::ErrorKind::NotFound
-                    | std::io::ErrorKind::AlreadyExists
-                    | std::io::ErrorKind::DirectoryNotEmpty => Ok(false),
-                    _ => Err(err),
-                }
-            }
+        if used.is_err() {
+            let _ = std::fs::remove_dir_all(&spare);
         }
+        used.is_ok()
     }
 
     /// Keep the execution directory `dir` (flat layout) as a spare when
@@ -200,9 +192,12 @@ fn untouched(dir: &Path, fresh: Fresh) -> bool {
             return false;
         };
         let name = entry.file_name();
+        // A record is a plain file of the runner's own, never a link the
+        // test made to another file (which its rewrite would change).
         let known = name == "work"
             || ((name == HANDLE_FILE || name == GROUP_FILE)
-                && entry.file_type().is_ok_and(|t| t.is_file()));
+                && std::fs::symlink_metadata(entry.path())
+                    .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.uid() == fresh.uid));
         if !known {
             return false;
         }
@@ -282,7 +277,7 @@ mod tests {
         assert!(!dir.exists());
 
         let next = root.path().join("exec-b");
-        assert!(spares.take_into(&next, b"{\"new\":1}").unwrap());
+        assert!(spares.take_into(&next, b"{\"new\":1}"));
         assert_eq!(
             std::fs::read(next.join(HANDLE_FILE)).unwrap(),
             b"{\"new\":1}"
@@ -290,11 +285,7 @@ mod tests {
         assert_eq!(std::fs::read(next.join(GROUP_FILE)).unwrap(), b"null");
         assert!(next.join("work").is_dir());
         // Nothing left to take.
-        assert!(
-            !spares
-                .take_into(&root.path().join("exec-c"), b"{}")
-                .unwrap()
-        );
+        assert!(!spares.take_into(&root.path().join("exec-c"), b"{}"));
     }
 
     #[test]
@@ -302,7 +293,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let spares = Spares::new(root.path());
         type Touch = fn(&Path);
-        let touches: [(&str, Touch); 5] = [
+        let touches: [(&str, Touch); 6] = [
             ("a file in work/", |d| {
                 std::fs::write(d.join("work/out.txt"), b"x").unwrap()
             }),
@@ -320,6 +311,11 @@ mod tests {
             }),
             ("a directory where a record goes", |d| {
                 std::fs::create_dir(d.join(GROUP_FILE)).unwrap()
+            }),
+            ("a record hard-linked to another file", |d| {
+                std::fs::write(d.join("../outside"), b"x").unwrap();
+                std::fs::remove_file(d.join(HANDLE_FILE)).unwrap();
+                std::fs::hard_link(d.join("../outside"), d.join(HANDLE_FILE)).unwrap();
             }),
         ];
         for (what, touch) in touches {
