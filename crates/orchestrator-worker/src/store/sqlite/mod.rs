@@ -20,7 +20,10 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Numbered migrations; `PRAGMA user_version` holds how many ran.
-/// WAL pages between automatic checkpoints (SQLite's default is 1,000).
+/// WAL pages between checkpoints (SQLite's default: 1,000). Short tests
+/// rewrite the same few pages, copied once per checkpoint however often
+/// they changed; its fsyncs, which stall the writer on a disk, come a
+/// quarter as often. The WAL grows to about 16 MiB.
 const WAL_CHECKPOINT_PAGES: i64 = 4_000;
 
 const MIGRATIONS: &[&str] = &[
@@ -283,13 +286,6 @@ impl SqliteStore {
         // face); only an OS crash may lose the last transactions.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| fail("cannot configure", &e))?;
-        // A checkpoint (copying the WAL into the file, two fsyncs) every
-        // WAL_CHECKPOINT_PAGES pages instead of SQLite's 1,000: short tests
-        // rewrite the same few pages (the queue's rows and indexes), so a
-        // page is copied once per checkpoint however often it changed, and
-        // the fsyncs, which stall the writer for milliseconds on a disk,
-        // come a quarter as often. The WAL file grows to about 16 MiB; the
-        // next write after a checkpoint starts it over.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
             .map_err(|e| fail("cannot configure", &e))?;
         // A file made by an older version (or by hand) may be readable by
@@ -502,10 +498,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
         let conn = store.conn.lock().unwrap();
-        let pages: i64 = conn
-            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(pages, WAL_CHECKPOINT_PAGES);
+        let pages = conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0));
+        assert_eq!(pages, Ok(WAL_CHECKPOINT_PAGES));
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! Reuse of clean execution directories and the logs of silent tests:
+//! what one test leaves never reaches the next, and a quiet test makes no
+//! directory of its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use runner_core::{
+    ArtifactLocation, LogSink, LogStream, RunContext, RunnerAdapter, TestPayload, TestStatus,
+};
+
+fn ctx(name: &str) -> RunContext {
+    RunContext::new(format!("{name}-{}", std::process::id()), "corr")
+}
+
+/// The inode number of `path`.
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).unwrap().ino()
+}
+
+#[tokio::test]
+async fn a_clean_directory_is_reused_and_a_touched_one_never_reaches_the_next_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let listing = "echo parent:; ls -A ..; echo work:; ls -A .";
+
+    // A test that leaves nothing: its directory serves the next one.
+    let first = ctx("reuse-a");
+    let handle = runner.provision(&first, &common::bench()).await.unwrap();
+    let work = std::path::Path::new(handle.handle_id()).join("work");
+    let before = inode(&work);
+    let result = runner
+        .run_test(&first, &handle, &TestPayload::new(["true"]))
+        .await
+        .unwrap();
+    assert_eq!(result.status, TestStatus::Passed);
+    runner.teardown(&first, &handle).await.unwrap();
+    assert!(!std::path::Path::new(handle.handle_id()).exists());
+    let spares = std::fs::read_dir(dir.path().join("work/.spare"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with(&format!("{}.", std::process::id()))
+        })
+        .unwrap();
+    assert_eq!(std::fs::read_dir(&spares).unwrap().count(), 1);
+
+    let second = ctx("reuse-b");
+    let handle = runner.provision(&second, &common::bench()).await.unwrap();
+    let work = std::path::Path::new(handle.handle_id()).join("work");
+    assert_eq!(inode(&work), before, "the clean directory was not reused");
+    assert_eq!(std::fs::read_dir(&spares).unwrap().count(), 0);
+    // Its record names this execution, and the listing reports it.
+    let owned = runner.list_owned(&second).await.unwrap();
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    assert_eq!(
+        owned[0].execution_key.as_deref(),
+        Some(second.execution_key())
+    );
+    // What the test sees: an empty `work/` and the runner's records only.
+    let (sink, mut rx) = LogSink::channel(64);
+    let seen = second.clone().with_log_sink(sink);
+    runner
+        .run_test(&seen, &handle, &common::sh(listing))
+        .await
+        .unwrap();
+    drop(seen);
+    let mut lines = Vec::new();
+    while let Some(line) = rx.recv().await {
+        if line.stream == LogStream::Stdout {
+            lines.push(line.text);
+        }
+    }
+    let work_at = lines.iter().position(|l| l == "work:").unwrap();
+    assert_eq!(lines.len(), work_at + 1, "work/ is not empty: {lines:?}");
+    for entry in &lines[1..work_at] {
+        assert!(
+            ["group.json", "handle.json", "stdout.log", "work"].contains(&entry.as_str()),
+            "{entry} beside work/: {lines:?}"
+        );
+    }
+
+    // A test that leaves a file beside `work/` and one in it: its
+    // directory is removed, never handed on.
+    let third_run = common::sh("echo x > ../left-behind; echo y > left-behind");
+    runner.teardown(&second, &handle).await.unwrap();
+    let third = ctx("reuse-c");
+    let handle = runner.provision(&third, &common::bench()).await.unwrap();
+    runner.run_test(&third, &handle, &third_run).await.unwrap();
+    runner.teardown(&third, &handle).await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(&spares).unwrap().count(),
+        0,
+        "a touched directory was kept"
+    );
+    let fourth = ctx("reuse-d");
+    let handle = runner.provision(&fourth, &common::bench()).await.unwrap();
+    let work = std::path::Path::new(handle.handle_id()).join("work");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    assert!(
+        !std::path::Path::new(handle.handle_id())
+            .join("left-behind")
+            .exists()
+    );
+    runner.teardown(&fourth, &handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_test_makes_no_artifact_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    for (name, payload) in [
+        ("silent", TestPayload::new(["true"])),
+        ("speaks", common::sh("echo hello")),
+    ] {
+        let ctx = ctx(name);
+        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+        runner.run_test(&ctx, &handle, &payload).await.unwrap();
+        let bundle = runner
+            .collect_artifacts(&ctx, &handle, &payload)
+            .await
+            .unwrap();
+        runner.teardown(&ctx, &handle).await.unwrap();
+        let own = dir.path().join("artifacts").join(ctx.execution_id());
+        let stdout = bundle
+            .artifacts
+            .iter()
+            .find(|a| a.name == "logs/stdout.log")
+            .unwrap();
+        let ArtifactLocation::Local(path) = &stdout.location else {
+            panic!("{stdout:?}");
+        };
+        if name == "silent" {
+            assert!(!own.exists(), "a directory was made for a silent test");
+            assert_eq!(stdout.size, 0);
+            assert_eq!(std::fs::read(path).unwrap(), b"");
+            assert_eq!(bundle.artifacts.len(), 2);
+        } else {
+            assert!(path.starts_with(&own), "{path:?}");
+            assert_eq!(std::fs::read(path).unwrap(), b"hello\n");
+        }
+    }
+}
