@@ -155,11 +155,16 @@ fn read_batch(path: &Path) -> Result<Vec<BatchEntry>, CliError> {
             .map(|(i, line)| {
                 let mut de = serde_json::Deserializer::from_str(line);
                 serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                    // The entry itself (a missing field) has the path `.`:
+                    // the message names the field then.
+                    let at = match e.path().to_string() {
+                        top if top == "." => String::new(),
+                        inner => format!("`{inner}`: "),
+                    };
                     CliError::usage(format!(
-                        "{} line {}: `{}`: {}",
+                        "{} line {}: {at}{}",
                         path.display(),
                         i + 1,
-                        e.path(),
                         e.inner()
                     ))
                 })
