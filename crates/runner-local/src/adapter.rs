@@ -140,8 +140,11 @@ impl RunnerAdapter for LocalProcessRunner {
                 {
                     return Ok(());
                 }
+                let made_now = !work.exists();
                 std::fs::create_dir_all(&work)?;
-                spares.saw_fresh(&work);
+                if made_now {
+                    spares.saw_fresh(&work);
+                }
                 // One small write in place, no temporary file and rename
                 // (a metadata operation fewer per test): a torn file reads
                 // as no handle, and the next provision writes it again.
@@ -205,16 +208,23 @@ impl RunnerAdapter for LocalProcessRunner {
         let outcome = fs_work(small, move || -> std::io::Result<_> {
             if small && shared_empty(&empty) {
                 // Nothing to keep but two empty logs: both name the shared
-                // empty file, and no directory is made for the execution.
-                let mut bundle = ArtifactBundle::default();
-                for stream in ["stdout", "stderr"] {
-                    bundle.artifacts.push(Artifact::from_local_file(
-                        format!("logs/{stream}.log"),
-                        ArtifactKind::Log,
-                        &empty,
-                    )?);
+                // empty file, and no directory is made for the execution
+                // (unless the shared file cannot be read: then as below).
+                let logs: std::io::Result<Vec<Artifact>> = ["stdout", "stderr"]
+                    .iter()
+                    .map(|stream| {
+                        Artifact::from_local_file(
+                            format!("logs/{stream}.log"),
+                            ArtifactKind::Log,
+                            &empty,
+                        )
+                    })
+                    .collect();
+                if let Ok(artifacts) = logs {
+                    let mut bundle = ArtifactBundle::default();
+                    bundle.artifacts = artifacts;
+                    return Ok((bundle, Vec::new()));
                 }
-                return Ok((bundle, Vec::new()));
             }
             std::fs::create_dir_all(&dest)?;
             let mut bundle = ArtifactBundle::default();

@@ -5,14 +5,17 @@
 //! On ext4 making an inode is most of a short test's cost (0.2–0.8 ms for
 //! each `mkdir` or new file on this project's machines, against 0.01 ms
 //! for a `rename`; `orchestrator-bench local`), and a test's directory
-//! takes four: the directory, `work/`, the handle record and the
-//! process-group record. A reused directory takes two renames and two
-//! writes in place.
+//! took four: the directory, `work/`, the handle record and the
+//! process-group record. A reused directory takes two renames, two writes
+//! in place and a new `work/`.
 //!
 //! A directory is kept only when nothing in it came from the test: its
 //! entries are `work/` and the two records, `work/` is an empty directory,
 //! and both directories still have the mode and owner a fresh one gets.
-//! Anything else is removed as before. Spares live under
+//! Anything else is removed as before. Its `work/` is removed when it is
+//! kept and made anew when it is taken (one inode per test): a process of
+//! the test that escaped the sweep keeps its working directory in the old,
+//! removed one, where nothing can be made and `..` leads nowhere. Spares live under
 //! `<root>/.spare/<pid>.<n>/`, one directory per runner, so two runners
 //! (or processes) sharing a root never take the same spare; a process finds the spare
 //! directories of processes that are gone and removes them the first time
@@ -125,7 +128,11 @@ impl Spares {
         let Some(spare) = self.0.inner.lock().ok().and_then(|mut i| i.kept.pop()) else {
             return false;
         };
+        // A new `work/` each time: a process of the last test that escaped
+        // the sweep (one that cleared its environment) keeps its working
+        // directory in the old one, removed, where nothing can be made.
         let used = write_in_place(&spare.join(HANDLE_FILE), handle)
+            .and_then(|()| std::fs::create_dir(spare.join("work")))
             .and_then(|()| std::fs::rename(&spare, dir));
         if used.is_err() {
             let _ = std::fs::remove_dir_all(&spare);
@@ -156,7 +163,7 @@ impl Spares {
             inner.made += 1;
             (fresh, self.0.dir.join(inner.made.to_string()))
         };
-        if !untouched(dir, fresh) {
+        if !untouched(dir, fresh) || std::fs::remove_dir(dir.join("work")).is_err() {
             return false;
         }
         let group = dir.join(GROUP_FILE);

@@ -29,8 +29,7 @@ async fn a_clean_directory_is_reused_and_a_touched_one_never_reaches_the_next_te
     // A test that leaves nothing: its directory serves the next one.
     let first = ctx("reuse-a");
     let handle = runner.provision(&first, &common::bench()).await.unwrap();
-    let work = std::path::Path::new(handle.handle_id()).join("work");
-    let before = inode(&work);
+    let before = inode(std::path::Path::new(handle.handle_id()));
     let result = runner
         .run_test(&first, &handle, &TestPayload::new(["true"]))
         .await
@@ -51,8 +50,11 @@ async fn a_clean_directory_is_reused_and_a_touched_one_never_reaches_the_next_te
 
     let second = ctx("reuse-b");
     let handle = runner.provision(&second, &common::bench()).await.unwrap();
-    let work = std::path::Path::new(handle.handle_id()).join("work");
-    assert_eq!(inode(&work), before, "the clean directory was not reused");
+    assert_eq!(
+        inode(std::path::Path::new(handle.handle_id())),
+        before,
+        "the clean directory was not reused"
+    );
     assert_eq!(std::fs::read_dir(&spares).unwrap().count(), 0);
     // Its record names this execution, and the listing reports it.
     let owned = runner.list_owned(&second).await.unwrap();
@@ -144,4 +146,66 @@ async fn a_silent_test_makes_no_artifact_directory() {
             assert_eq!(std::fs::read(path).unwrap(), b"hello\n");
         }
     }
+}
+
+#[tokio::test]
+async fn a_process_that_escaped_the_sweep_is_left_in_a_removed_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let first = ctx("escape-a");
+    let handle = runner.provision(&first, &common::bench()).await.unwrap();
+    // Out of the group and with a cleared environment: neither the group
+    // kill nor the sweep for the marker finds it.
+    let pid_file = dir.path().join("daemon.pid");
+    // The test waits for it to be on its own before it ends.
+    let script = format!(
+        "setsid env -i sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 30' </dev/null >/dev/null 2>&1 & \
+         for i in $(seq 100); do [ -s {0} ] && break; sleep 0.05; done",
+        pid_file.display()
+    );
+    runner
+        .run_test(&first, &handle, &common::sh(&script))
+        .await
+        .unwrap();
+    let mut pid = None;
+    for _ in 0..100 {
+        pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the daemon wrote its pid");
+    let cwd = format!("/proc/{pid}/cwd");
+    let outer = inode(std::path::Path::new(handle.handle_id()));
+    runner.teardown(&first, &handle).await.unwrap();
+
+    let second = ctx("escape-b");
+    let next = runner.provision(&second, &common::bench()).await.unwrap();
+    let work = std::path::Path::new(next.handle_id()).join("work");
+    let reused = inode(std::path::Path::new(next.handle_id())) == outer;
+    let daemon_in = std::fs::metadata(&cwd).unwrap().ino();
+    let kept = std::fs::read_link(&cwd).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(
+        reused,
+        "the directory was not reused, so this shows nothing"
+    );
+    assert_ne!(
+        daemon_in,
+        std::fs::metadata(&work).unwrap().ino(),
+        "the escaped process is in the next test's work/"
+    );
+    assert!(
+        kept.to_string_lossy().ends_with("(deleted)"),
+        "{}",
+        kept.display()
+    );
+    runner.teardown(&second, &next).await.unwrap();
 }

@@ -19,13 +19,13 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-/// Numbered migrations; `PRAGMA user_version` holds how many ran.
 /// WAL pages between checkpoints (SQLite's default: 1,000). Short tests
 /// rewrite the same few pages, copied once per checkpoint however often
 /// they changed; its fsyncs, which stall the writer on a disk, come a
 /// quarter as often. The WAL grows to about 16 MiB.
 const WAL_CHECKPOINT_PAGES: i64 = 4_000;
 
+/// Numbered migrations; `PRAGMA user_version` holds how many ran.
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema (files made before migrations were numbered
     // already have it; IF NOT EXISTS keeps them).
