@@ -200,7 +200,7 @@ impl RunnerAdapter for LocalProcessRunner {
             .map_err(|message| ArtifactError::permanent(ctx, message))?;
         let redactor = payload.redactor();
         let empty = self.config.artifacts_dir.join(EMPTY_LOG);
-        // A silent test with no artifact patterns: two links to the
+        // A silent test with no artifact patterns: two entries naming the
         // shared empty log, small work. Logs with content are hashed (and
         // copied where no link can be made), patterns walk the test's
         // tree: on the pool.
@@ -348,11 +348,11 @@ impl RunnerAdapter for LocalProcessRunner {
 }
 
 /// The shared empty file under `artifacts_dir` that the log of a silent
-/// stream links to.
+/// stream names (a silent test with no patterns) or links to.
 const EMPTY_LOG: &str = ".empty.log";
 
 /// An empty log at `target` as a hard link to the one shared, read-only
-/// empty file `shared` (made here the first time): no new inode for each
+/// empty file `shared` (see [`shared_empty`]): no new inode for each
 /// execution whose stream stayed silent, and on ext4 allocating inodes is
 /// most of a short test's file-system cost. A fresh empty file where no
 /// link can be made (the file system's link limit, a `shared` that is not
