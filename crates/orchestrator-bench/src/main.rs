@@ -30,6 +30,21 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds of this process and of its waited-for children, from
+/// `/proc/self/stat` (clock ticks, assumed 100 per second).
+fn cpu_split() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17 (11-14 after the name).
+    let tick = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    (tick(11) + tick(12), tick(13) + tick(14))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -269,6 +284,7 @@ async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String>
             .map_err(|e| e.to_string())?;
     }
     let stop = CancellationToken::new();
+    let cpu_before = cpu_split();
     let started = Instant::now();
     let serving = {
         let (w, stop) = (worker.clone(), stop.clone());
@@ -282,6 +298,7 @@ async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String>
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let wall = started.elapsed();
+    let cpu_after = cpu_split();
     stop.cancel();
     let _ = serving.await;
     // The same jobs through the engine alone (no queue, no journal), to
@@ -337,16 +354,25 @@ async fn local_on(base_dir: &std::path::Path, label: &str) -> Result<(), String>
         })
         .collect();
 
+    let base_cpu_before = cpu_split();
     let base_started = Instant::now();
     let status = std::process::Command::new("sh")
         .args(["-c", &format!("seq {JOBS} | xargs -P2 -I{{}} true")])
         .status()
         .map_err(|e| e.to_string())?;
     let base = base_started.elapsed();
+    let base_cpu = cpu_split().1 - base_cpu_before.1;
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "local/{label:<6} {JOBS} jobs of `true` through the worker (concurrency 2) in {wall:.2?}  | baseline xargs -P2 {base:.2?} ({status})  ratio {:.2}x",
         wall.as_secs_f64() / base.as_secs_f64()
+    );
+    println!(
+        "local/{label:<6} CPU per job through the worker: worker {:.2} ms, test processes {:.2} ms (over {:.2?} of wall per job); xargs and its `true`s {:.2} ms",
+        (cpu_after.0 - cpu_before.0) * 1000.0 / JOBS as f64,
+        (cpu_after.1 - cpu_before.1) * 1000.0 / JOBS as f64,
+        wall / JOBS as u32,
+        base_cpu * 1000.0 / JOBS as f64
     );
     println!(
         "local/{label:<6} {JOBS} jobs through the engine alone (no queue, no journal) in {engine_wall:.2?}  ratio {:.2}x  (per job: {})",

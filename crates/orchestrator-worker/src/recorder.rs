@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{RecordUpdate, Store, StoreError};
+use crate::store::{RecordUpdate, SettleOps, Store, StoreError};
 
 /// Updates in flight before `push` waits (bounded memory).
 const CAPACITY: usize = 4096;
@@ -23,6 +23,13 @@ const LINGER: Duration = Duration::from_millis(5);
 enum Item {
     Update(RecordUpdate),
     Commit(RecordUpdate, oneshot::Sender<Result<(), StoreError>>),
+    /// A settlement with the writes that settle it (see
+    /// [`Recorder::commit_settling`]); answered whether they were made.
+    Settle(
+        RecordUpdate,
+        Box<SettleOps>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
     /// Answered once everything queued before it is stored.
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -38,6 +45,7 @@ impl std::fmt::Debug for Item {
         match self {
             Item::Update(u) => write!(f, "Update({})", u.key()),
             Item::Commit(u, _) => write!(f, "Commit({})", u.key()),
+            Item::Settle(u, _, _) => write!(f, "Settle({})", u.key()),
             Item::Flush(_) => write!(f, "Flush"),
         }
     }
@@ -52,6 +60,7 @@ impl Recorder {
             while gather(&mut rx, &mut items, LINGER).await > 0 {
                 let mut updates = Vec::with_capacity(items.len());
                 let mut waiting = Vec::new();
+                let (mut ops, mut settling) = (Vec::new(), Vec::new());
                 for item in items.drain(..) {
                     match item {
                         Item::Update(u) => updates.push(u),
@@ -59,10 +68,27 @@ impl Recorder {
                             updates.push(u);
                             waiting.push(done);
                         }
+                        Item::Settle(u, op, done) => {
+                            updates.push(u);
+                            ops.push(*op);
+                            settling.push(done);
+                        }
                         Item::Flush(done) => waiting.push(done),
                     }
                 }
-                let result = if updates.is_empty() {
+                // The settlements' journal ends and acks in the batch's
+                // transaction where the store can; else (or when one of
+                // them fails: a lost lease undoes the batch) the records
+                // alone, and each settler writes its own.
+                let folded = !ops.is_empty()
+                    && match store.record_settling(&updates, &ops).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "settling in the records' transaction failed; writing them apart");
+                            false
+                        }
+                    };
+                let result = if updates.is_empty() || folded {
                     Ok(())
                 } else {
                     write(&*store, &updates).await
@@ -72,6 +98,9 @@ impl Recorder {
                 }
                 for done in waiting {
                     let _ = done.send(result.clone());
+                }
+                for done in settling {
+                    let _ = done.send(result.clone().map(|()| folded));
                 }
             }
         });
@@ -110,12 +139,25 @@ impl Recorder {
         self.send_and_wait(|done| Item::Commit(update, done)).await
     }
 
+    /// [`Recorder::commit`], with `ops` in the same transaction where the
+    /// store can ([`Store::record_settling`]): `Ok(true)` when they were
+    /// made, `Ok(false)` when only the records were and the caller still
+    /// has to end the journal entry and ack.
+    pub async fn commit_settling(
+        &self,
+        update: RecordUpdate,
+        ops: SettleOps,
+    ) -> Result<bool, StoreError> {
+        self.send_and_wait(|done| Item::Settle(update, Box::new(ops), done))
+            .await
+    }
+
     /// Queue the item `make` builds around a reply channel; wait for the
     /// reply.
-    async fn send_and_wait(
+    async fn send_and_wait<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Item,
-    ) -> Result<(), StoreError> {
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Item,
+    ) -> Result<T, StoreError> {
         let stopped = || StoreError::Store("the record writer stopped".into());
         let (done, wait) = oneshot::channel();
         self.tx.send(make(done)).await.map_err(|_| stopped())?;
@@ -136,7 +178,7 @@ async fn gather(rx: &mut mpsc::Receiver<Item>, items: &mut Vec<Item>, linger: Du
     loop {
         let settles = items[checked..]
             .iter()
-            .any(|item| matches!(item, Item::Commit(..) | Item::Flush(_)));
+            .any(|item| matches!(item, Item::Commit(..) | Item::Settle(..) | Item::Flush(_)));
         checked = items.len();
         if settles || items.len() >= BATCH {
             break;

@@ -167,6 +167,11 @@ impl Engine {
         self
     }
 
+    /// Which database the journal is in ([`Store::database_id`]).
+    pub fn journal_database_id(&self) -> Option<usize> {
+        self.journal.as_ref().and_then(|j| j.database_id())
+    }
+
     /// The adapter.
     pub fn adapter(&self) -> &Arc<dyn RunnerAdapter> {
         &self.adapter

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::panic::is_panic;
 use crate::policy::Ending;
-use crate::store::{JournalState, PhaseTiming};
+pub use crate::store::JournalEnd;
+use crate::store::PhaseTiming;
 
 /// A phase that failed, as recorded in an outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,17 +72,6 @@ pub struct ExecutionOutcome {
     /// ([`Execution::journal_end_by_caller`](super::Execution::journal_end_by_caller)).
     #[serde(skip)]
     pub journal_end: Option<JournalEnd>,
-}
-
-/// The end of a journaled handle, not yet written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JournalEnd {
-    /// The journal entry.
-    pub entry: i64,
-    /// Released, or left for the reaper.
-    pub state: JournalState,
-    /// Why, when teardown failed.
-    pub note: Option<String>,
 }
 
 impl ExecutionOutcome {

@@ -16,7 +16,7 @@ use crate::store::{ExecState, RecordUpdate, StoreError, now_ms};
 use crate::task::Task;
 
 use super::Worker;
-use super::settle::attempt_record;
+use super::settle::{Settling, attempt_record};
 use super::slot::Slot;
 
 impl Worker {
@@ -247,7 +247,6 @@ impl Worker {
         let _ = logs.await;
         // The test and its resources are gone: the next one may start.
         drop(slot);
-        served.engine.end_journal(&mut outcome).await;
         let cancelled_by_request = run_token.is_cancelled() && !hard.is_cancelled();
         if let Ok(mut running) = self.running.lock() {
             running.remove(&task.execution_key);
@@ -310,13 +309,19 @@ impl Worker {
             disposition = disposition_name(&disposition),
             "settling"
         );
-        // The record first: once the queue forgets the task (SQS deletes
-        // the message) the record is the only place the outcome lives.
-        if let Err(e) = self.commit_with_retry(&mut update).await {
-            tracing::warn!(error = %e, "cannot record the outcome; settling the task anyway");
-        }
         let settled = self
-            .settle_with_retry(&lease, &task, &outcome, &disposition, &record, dead_reason)
+            .record_and_settle(
+                &served.engine,
+                Settling {
+                    lease: &lease,
+                    task: &task,
+                    disposition: &disposition,
+                    record: &record,
+                    dead_reason,
+                },
+                &mut outcome,
+                &mut update,
+            )
             .await;
         keeper.abort();
         match settled {

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::ExecutionOutcome;
+use crate::engine::{Engine, ExecutionOutcome};
 use crate::policy::{Disposition, Ending};
 use crate::queue::{AttemptRecord, Lease};
 use crate::report::new_execution;
-use crate::store::{ExecState, RecordUpdate, StoreError, now_ms};
+use crate::store::{ExecState, RecordUpdate, SettleOps, StoreError, now_ms};
 use crate::task::Task;
 
 use super::Worker;
@@ -22,7 +22,72 @@ struct AckRecord<'a> {
     outcome: &'a ExecutionOutcome,
 }
 
+/// What one settlement is about.
+pub(super) struct Settling<'a> {
+    pub lease: &'a Lease,
+    pub task: &'a Task,
+    pub disposition: &'a Disposition,
+    pub record: &'a AttemptRecord,
+    pub dead_reason: Option<String>,
+}
+
+fn ack_json(s: &Settling<'_>, outcome: &ExecutionOutcome) -> String {
+    serde_json::to_string(&AckRecord {
+        execution_key: &s.task.execution_key,
+        attempt: s.lease.attempt,
+        outcome,
+    })
+    .unwrap_or_default()
+}
+
 impl Worker {
+    /// End the journal entry, write the record (`update`) and ack, requeue
+    /// or dead-letter. An ack where the queue, the journal and the records
+    /// are one database is one transaction (with the state changes the
+    /// recorder holds); otherwise, or when that fails, one write after
+    /// the other as below.
+    pub(super) async fn record_and_settle(
+        &self,
+        engine: &Engine,
+        s: Settling<'_>,
+        outcome: &mut ExecutionOutcome,
+        update: &mut RecordUpdate,
+    ) -> Result<(), StoreError> {
+        let one_database = self.store.settles_with_records()
+            && self.queue.database_id().is_some()
+            && self.queue.database_id() == self.store.database_id()
+            && (outcome.journal_end.is_none()
+                || engine.journal_database_id() == self.store.database_id());
+        if one_database && matches!(s.disposition, Disposition::Ack) {
+            let ops = SettleOps {
+                journal_end: outcome.journal_end.clone(),
+                ack: Some((s.lease.clone(), ack_json(&s, outcome))),
+            };
+            match self.recorder.commit_settling(update.clone(), ops).await {
+                Ok(true) => {
+                    outcome.journal_end = None;
+                    return Ok(());
+                }
+                // The records are in; the journal's end and the ack follow.
+                Ok(false) => {
+                    engine.end_journal(outcome).await;
+                    return self.settle_with_retry(&s, outcome).await;
+                }
+                // Nothing was written: as below.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot settle in one transaction; one write after the other");
+                }
+            }
+        }
+        engine.end_journal(outcome).await;
+        // The record first: once the queue forgets the task (SQS deletes
+        // the message) the record is the only place the outcome lives.
+        if let Err(e) = self.commit_with_retry(update).await {
+            tracing::warn!(error = %e, "cannot record the outcome; settling the task anyway");
+        }
+        self.settle_with_retry(&s, outcome).await
+    }
+
     pub(super) async fn commit_with_retry(
         &self,
         update: &mut RecordUpdate,
@@ -43,15 +108,13 @@ impl Worker {
     /// Ack, requeue or dead-letter, retried with backoff while the store
     /// fails and the lease is still ours: a result is never dropped because
     /// one store call failed.
-    pub(super) async fn settle_with_retry(
+    async fn settle_with_retry(
         &self,
-        lease: &Lease,
-        task: &Task,
+        s: &Settling<'_>,
         outcome: &ExecutionOutcome,
-        disposition: &Disposition,
-        record: &AttemptRecord,
-        dead_reason: Option<String>,
     ) -> Result<(), StoreError> {
+        let (lease, disposition, record, dead_reason) =
+            (s.lease, s.disposition, s.record, &s.dead_reason);
         let backoff = self.config.worker.backoff();
         let bound = self.config.worker.visibility();
         let started = std::time::Instant::now();
@@ -59,15 +122,7 @@ impl Worker {
         loop {
             tries += 1;
             let result = match disposition {
-                Disposition::Ack => {
-                    let json = serde_json::to_string(&AckRecord {
-                        execution_key: &task.execution_key,
-                        attempt: lease.attempt,
-                        outcome,
-                    })
-                    .unwrap_or_default();
-                    self.queue.ack(lease, &json).await
-                }
+                Disposition::Ack => self.queue.ack(lease, &ack_json(s, outcome)).await,
                 Disposition::Requeue { delay_ms } => {
                     self.queue
                         .requeue(

@@ -184,6 +184,29 @@ pub struct WorkerInfo {
     pub alive: bool,
 }
 
+/// The end of a journaled handle, not yet written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEnd {
+    /// The journal entry.
+    pub entry: i64,
+    /// Released, or left for the reaper.
+    pub state: JournalState,
+    /// Why, when teardown failed.
+    pub note: Option<String>,
+}
+
+/// What settling an execution writes besides its record: the end of its
+/// journal entry and the ack of its task. Where the queue, the journal and
+/// the records are one database, they go in the record's transaction
+/// ([`Store::record_settling`]): one commit instead of three.
+#[derive(Debug, Clone, Default)]
+pub struct SettleOps {
+    /// The journal entry's end.
+    pub journal_end: Option<JournalEnd>,
+    /// The lease to ack, and the outcome stored with the task.
+    pub ack: Option<(crate::queue::Lease, String)>,
+}
+
 /// The store: journal, workers, locks, leak sightings and execution records.
 ///
 /// Times that decide liveness (heartbeats, lock expiry) are the store's own
@@ -305,6 +328,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Apply updates in order, in one transaction.
     async fn record(&self, updates: &[RecordUpdate]) -> Result<(), StoreError>;
+
+    /// Whether [`Store::record_settling`] can settle in the records'
+    /// transaction (SQLite); `false` (the default) where it cannot.
+    fn settles_with_records(&self) -> bool {
+        false
+    }
+
+    /// Apply `updates`, then `ops`, in one transaction: all or nothing (a
+    /// lost lease undoes the records too). `Ok(false)`: this store cannot
+    /// ([`Store::settles_with_records`]); nothing was written, and the
+    /// caller writes them one by one. Only for a store that is also the
+    /// queue and the journal ([`Store::database_id`]).
+    async fn record_settling(
+        &self,
+        updates: &[RecordUpdate],
+        ops: &[SettleOps],
+    ) -> Result<bool, StoreError> {
+        let _ = (updates, ops);
+        Ok(false)
+    }
 
     /// One execution with its timeline.
     async fn execution(&self, key: &str) -> Result<Option<ExecutionRecord>, StoreError>;

@@ -95,6 +95,7 @@ suite!(
     records_keep_the_timeline_attempts_and_result,
     one_batch_of_state_changes_keeps_every_event_and_the_right_state,
     history_filters_and_pages,
+    a_settlement_goes_with_its_journal_end_and_ack,
 );
 
 fn task(key: &str) -> Task {

@@ -202,3 +202,89 @@ pub(super) async fn history_filters_and_pages(f: Fixture) {
         .unwrap();
     assert_eq!(queued.len(), 5);
 }
+
+/// A settlement written with its journal end and ack: one transaction on
+/// SQLite, all or nothing (a lost lease writes none of it); a store that
+/// cannot (PostgreSQL) writes nothing and says so. Through the recorder, a
+/// lost lease still leaves the record written, and the caller acks itself.
+pub(super) async fn a_settlement_goes_with_its_journal_end_and_ack(f: Fixture) {
+    use orchestrator_worker::recorder::Recorder;
+    use orchestrator_worker::store::{JournalEnd, SettleOps, Settlement};
+    let (q, s) = (&f.queue, &f.store);
+    let settled = |key: &str| {
+        RecordUpdate::Settled(Box::new(Settlement {
+            new: new_execution(&task(key)),
+            state: ExecState::Passed,
+            at_ms: orchestrator_worker::store::now_ms(),
+            attempt: None,
+            result: None,
+            artifacts: vec![],
+            cases: vec![],
+            error: None,
+        }))
+    };
+    let mut leases = Vec::new();
+    for key in ["fold", "lost"] {
+        q.enqueue(&task(key)).await.unwrap();
+        leases.push(q.lease("w", LONG).await.unwrap().unwrap());
+    }
+    let entry = s
+        .journal_provisioned("fold", &handle("h-fold"), "w")
+        .await
+        .unwrap();
+    let ops = |lease: &orchestrator_worker::queue::Lease| SettleOps {
+        journal_end: Some(JournalEnd {
+            entry,
+            state: JournalState::Released,
+            note: None,
+        }),
+        ack: Some((lease.clone(), "{}".into())),
+    };
+    // A token that is not the lease's any more: nothing is written.
+    let mut stale = leases[0].clone();
+    stale.token = "stale".into();
+    let refused = s.record_settling(&[settled("fold")], &[ops(&stale)]).await;
+    let untouched = || async {
+        let journal = s.journal_get(entry, LONG).await.unwrap().unwrap();
+        let record = s.execution("fold").await.unwrap().unwrap();
+        (
+            journal.state,
+            record.settled_ms.is_none(),
+            q.depth().await.unwrap().done,
+        )
+    };
+    if s.settles_with_records() {
+        assert!(
+            matches!(refused, Err(StoreError::LeaseLost { .. })),
+            "{refused:?}"
+        );
+    } else {
+        assert!(matches!(refused, Ok(false)), "{refused:?}");
+    }
+    assert_eq!(untouched().await, (JournalState::Live, true, 0));
+    let made = s
+        .record_settling(&[settled("fold")], &[ops(&leases[0])])
+        .await
+        .unwrap();
+    assert_eq!(made, s.settles_with_records());
+    if made {
+        assert_eq!(untouched().await, (JournalState::Released, false, 1));
+    } else {
+        assert_eq!(untouched().await, (JournalState::Live, true, 0));
+    }
+    // Through the recorder, with a lost lease: the record alone.
+    let recorder = Recorder::spawn(Arc::clone(s));
+    let mut lost = leases[1].clone();
+    lost.token = "stale".into();
+    let lost_ops = SettleOps {
+        journal_end: None,
+        ack: Some((lost, "{}".into())),
+    };
+    let answer = recorder.commit_settling(settled("lost"), lost_ops).await;
+    assert!(matches!(answer, Ok(false)), "{answer:?}");
+    let record = s.execution("lost").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecState::Passed);
+    // "lost" is still leased (and "fold" too where it could not be acked).
+    let leased = if made { 1 } else { 2 };
+    assert_eq!(q.depth().await.unwrap().leased, leased, "not acked");
+}

@@ -144,8 +144,13 @@ fn lease_rows(
     Ok(leases)
 }
 
+/// The ack of a leased task (its lease token proves it is still ours).
+pub(super) const ACK_SQL: &str =
+    "UPDATE tasks SET state = 'done', outcome = ?3, lease_token = NULL, updated_at = ?4
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'";
+
 impl SqliteStore {
-    fn settle(
+    pub(super) fn settle(
         c: &Connection,
         lease: &Lease,
         sql: &str,
@@ -277,16 +282,8 @@ impl TaskQueue for SqliteStore {
 
     async fn ack(&self, lease: &Lease, outcome: &str) -> Result<()> {
         let (lease, outcome) = (lease.clone(), outcome.to_owned());
-        self.write(move |c| {
-            Self::settle(
-                c,
-                &lease,
-                "UPDATE tasks SET state = 'done', outcome = ?3, lease_token = NULL, updated_at = ?4
-                 WHERE id = ?1 AND lease_token = ?2 AND state = 'leased'",
-                &[&outcome, &now()],
-            )
-        })
-        .await
+        self.write(move |c| Self::settle(c, &lease, ACK_SQL, &[&outcome, &now()]))
+            .await
     }
 
     async fn requeue(

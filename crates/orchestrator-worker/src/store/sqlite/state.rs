@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Cached, SqliteStore, now, records, store_err, to_u64};
 use crate::store::{
     Claim, Created, ExecutionRecord, HistoryFilter, JournalEntry, JournalState, NewExecution,
-    RecordUpdate, Store, StoreError, WorkerBeat, WorkerInfo, millis,
+    RecordUpdate, SettleOps, Store, StoreError, WorkerBeat, WorkerInfo, millis,
 };
 use runner_core::RunnerHandle;
 
@@ -149,6 +149,16 @@ fn sightings(
     Ok(out)
 }
 
+/// Mark journal entry `id` ended (released, or left for the reaper).
+fn journal_end_in(c: &Connection, id: i64, state: JournalState, note: Option<&str>) -> Result<()> {
+    c.exec_cached(
+        "UPDATE journal SET state = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
+        params![id, state.as_str(), note, now()],
+    )
+    .map_err(store_err)?;
+    Ok(())
+}
+
 #[runner_core::async_trait]
 impl Store for SqliteStore {
     fn database_id(&self) -> Option<usize> {
@@ -201,15 +211,8 @@ impl Store for SqliteStore {
 
     async fn journal_end(&self, id: i64, state: JournalState, note: Option<&str>) -> Result<()> {
         let note = note.map(str::to_owned);
-        self.write(move |c| {
-            c.exec_cached(
-                "UPDATE journal SET state = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, state.as_str(), note, now()],
-            )
-            .map_err(store_err)?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| journal_end_in(c, id, state, note.as_deref()))
+            .await
     }
 
     async fn journal_take(&self, id: i64, from: &str, to: &str) -> Result<bool> {
@@ -454,6 +457,28 @@ impl Store for SqliteStore {
             c.exec_cached("DELETE FROM executions WHERE key = ?1", params![key])
                 .map_err(store_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    fn settles_with_records(&self) -> bool {
+        true
+    }
+
+    async fn record_settling(&self, updates: &[RecordUpdate], ops: &[SettleOps]) -> Result<bool> {
+        let (updates, ops) = (updates.to_vec(), ops.to_vec());
+        self.write(move |c| {
+            let tx = super::immediate(c)?;
+            records::apply_all(&tx, &updates)?;
+            for op in &ops {
+                if let Some(end) = &op.journal_end {
+                    journal_end_in(&tx, end.entry, end.state, end.note.as_deref())?;
+                }
+                if let Some((lease, outcome)) = &op.ack {
+                    SqliteStore::settle(&tx, lease, super::queue::ACK_SQL, &[outcome, &now()])?;
+                }
+            }
+            tx.commit().map(|()| true)
         })
         .await
     }
