@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use runner_core::{
-    Artifact, ArtifactBundle, ArtifactError, ArtifactKind, BenchSpec, Capabilities, ConfigError,
-    ExecutionError, ListOwnedError, LogStream, OwnedResource, ProvisionError, RunContext,
-    RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError, TestPayload, TestResult, decode_spec,
+    Artifact, ArtifactBundle, ArtifactError, ArtifactKind, ArtifactLocation, BenchSpec,
+    Capabilities, ConfigError, ExecutionError, ListOwnedError, LogStream, OwnedResource,
+    ProvisionError, RunContext, RunnerAdapter, RunnerConfig, RunnerHandle, TeardownError,
+    TestPayload, TestResult, decode_spec,
 };
 
 use crate::config::{LocalBench, LocalConfig};
@@ -196,36 +197,26 @@ impl RunnerAdapter for LocalProcessRunner {
         let state: LocalState = handle.decode_in(ctx, RUNNER_TYPE)?;
         let globs = artifacts::compile(&payload.artifacts)
             .map_err(|(field, message)| ArtifactError::invalid_spec(ctx, field, message))?;
-        let dest = artifacts::destination(&self.config.artifacts_dir, ctx.execution_id())
-            .map_err(|message| ArtifactError::permanent(ctx, message))?;
-        let redactor = payload.redactor();
         let empty = self.config.artifacts_dir.join(EMPTY_LOG);
         // A silent test with no artifact patterns: two entries naming the
         // shared empty log, small work. Logs with content are hashed (and
         // copied where no link can be made), patterns walk the test's
         // tree: on the pool.
         let small = payload.artifacts.is_empty() && !state.logs().iter().any(|log| log.exists());
-        let outcome = fs_work(small, move || -> std::io::Result<_> {
-            if small && shared_empty(&empty) {
-                // Nothing to keep but two empty logs: both name the shared
-                // empty file, and no directory is made for the execution
-                // (unless the shared file cannot be read: then as below).
-                let logs: std::io::Result<Vec<Artifact>> = ["stdout", "stderr"]
-                    .iter()
-                    .map(|stream| {
-                        Artifact::from_local_file(
-                            format!("logs/{stream}.log"),
-                            ArtifactKind::Log,
-                            &empty,
-                        )
-                    })
-                    .collect();
-                if let Ok(artifacts) = logs {
-                    let mut bundle = ArtifactBundle::default();
-                    bundle.artifacts = artifacts;
-                    return Ok((bundle, Vec::new()));
-                }
+        if small {
+            // Nothing to keep but two empty logs: both name the shared
+            // empty file, and no directory is made for the execution
+            // (unless the shared file is not there as it should be: then
+            // as below).
+            let empty = empty.clone();
+            if let Ok(Some(bundle)) = fs_work(true, move || silent_logs(&empty)).await {
+                return Ok(bundle);
             }
+        }
+        let dest = artifacts::destination(&self.config.artifacts_dir, ctx.execution_id())
+            .map_err(|message| ArtifactError::permanent(ctx, message))?;
+        let redactor = payload.redactor();
+        let outcome = fs_work(small, move || -> std::io::Result<_> {
             std::fs::create_dir_all(&dest)?;
             let mut bundle = ArtifactBundle::default();
             let mut taken = Vec::new();
@@ -368,10 +359,41 @@ fn link_empty(shared: &Path, target: &Path) -> std::io::Result<()> {
     std::fs::write(target, b"")
 }
 
+/// The sha256 of no bytes.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// A silent test's two logs, both naming the shared empty file `shared`
+/// (its size and hash are those of no bytes: nothing to read); `None`
+/// when that file is not a regular empty file.
+fn silent_logs(shared: &Path) -> Option<ArtifactBundle> {
+    if !shared_empty(shared) {
+        return None;
+    }
+    let mut bundle = ArtifactBundle::default();
+    bundle.artifacts = ["stdout", "stderr"]
+        .iter()
+        .map(|stream| {
+            Artifact::new(
+                format!("logs/{stream}.log"),
+                ArtifactKind::Log,
+                ArtifactLocation::Local(shared.to_path_buf()),
+                0,
+                EMPTY_SHA256,
+            )
+        })
+        .collect();
+    Some(bundle)
+}
+
 /// Whether the shared, read-only empty file `shared` is there (made here
 /// the first time) and still empty.
 fn shared_empty(shared: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
+    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    // There already (all but the first test): one `lstat`.
+    if let Ok(meta) = std::fs::symlink_metadata(shared) {
+        return empty(meta);
+    }
     let make = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -394,7 +416,7 @@ fn shared_empty(shared: &Path) -> bool {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(_) => return false,
     }
-    std::fs::symlink_metadata(shared).is_ok_and(|m| m.is_file() && m.len() == 0)
+    std::fs::symlink_metadata(shared).is_ok_and(empty)
 }
 
 /// Put the finished log `source` at `target`: a hard link (no copy, no
@@ -408,4 +430,31 @@ fn link_or_copy(source: &Path, target: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::copy(source, target).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_tests_logs_name_the_shared_empty_file_with_the_hash_of_no_bytes() {
+        assert_eq!(EMPTY_SHA256, runner_core::artifact::sha256_bytes(b""));
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("art").join(EMPTY_LOG);
+        // Made the first time (with its directory), named by both logs.
+        let bundle = silent_logs(&shared).unwrap();
+        assert_eq!(bundle.artifacts.len(), 2);
+        for (artifact, stream) in bundle.artifacts.iter().zip(["stdout", "stderr"]) {
+            assert_eq!(artifact.name, format!("logs/{stream}.log"));
+            let (size, sha) = runner_core::artifact::sha256_file(&shared).unwrap();
+            assert_eq!(
+                (artifact.size, artifact.sha256.as_str()),
+                (size, sha.as_str())
+            );
+        }
+        // Not empty any more: not named.
+        std::fs::remove_file(&shared).unwrap();
+        std::fs::write(&shared, b"x").unwrap();
+        assert!(silent_logs(&shared).is_none());
+    }
 }

@@ -45,8 +45,36 @@ const RANGE_FOR_AT_MOST: Duration = Duration::from_secs(2);
 /// Beyond this many candidate pids a full scan is as cheap.
 const RANGE_MAX: usize = 1_024;
 
+/// The whole of a small file (a `/proc` entry, a record of this crate):
+/// reads into one growing buffer, without the size query `std::fs::read`
+/// makes first (`/proc` files report size 0, so that query only costs a
+/// system call, and the reads then start at 32 bytes).
+pub(crate) fn read_small(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut out = vec![0u8; 1024];
+    let mut len = 0;
+    loop {
+        if len == out.len() {
+            out.resize(len * 2, 0);
+        }
+        match file.read(&mut out[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.truncate(len);
+    Ok(out)
+}
+
 fn read_i32(path: &str) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    std::str::from_utf8(&read_small(path).ok()?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The pids to look at, or `None` for every process in `/proc`.
@@ -71,15 +99,18 @@ fn candidates(since: Option<&Since>) -> Option<Vec<i32>> {
 /// At most this many candidate pids are swept in place (see `fs_work`).
 const FEW: usize = 32;
 
-/// Whether the sweep after the run `since` looks at only a few pids: small
-/// work (one read of `/proc/N/environ` each).
-pub(crate) fn few_candidates(since: &Since) -> bool {
-    candidates(Some(since)).is_some_and(|pids| pids.len() <= FEW)
+/// The pids the sweep after the run `since` looks at first, and whether
+/// they are few: small work (one read of `/proc/N/environ` each). Read
+/// once, for [`kill_marked_from`].
+pub(crate) fn first_candidates(since: &Since) -> (Option<Vec<i32>>, bool) {
+    let pids = candidates(Some(since));
+    let few = pids.as_ref().is_some_and(|pids| pids.len() <= FEW);
+    (pids, few)
 }
 
 /// SIGKILL `pid` if its environment holds `needle`; whether it did.
 fn kill_if_marked(pid: i32, needle: &[u8]) -> bool {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+    let Ok(env) = read_small(format!("/proc/{pid}/environ")) else {
         return false;
     };
     env.split(|b| *b == 0).any(|kv| kv == needle)
@@ -91,11 +122,22 @@ fn kill_if_marked(pid: i32, needle: &[u8]) -> bool {
 /// pids allocated after the run's leader are looked at (see [`Since`]);
 /// without, every process in `/proc`.
 pub(crate) fn kill_marked(dir: &Path, since: Option<&Since>) -> Sweep {
+    kill_marked_from(dir, since, None)
+}
+
+/// [`kill_marked`], its first pass over `first` when given (read earlier
+/// by [`first_candidates`]: a marked process that forks after that read
+/// is found in it, and its child by the next pass).
+pub(crate) fn kill_marked_from(
+    dir: &Path,
+    since: Option<&Since>,
+    mut first: Option<Vec<i32>>,
+) -> Sweep {
     let needle = format!("{MARKER_VAR}={}", dir.display()).into_bytes();
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     let mut killed = 0;
     for _ in 0..3 {
-        let pids = match candidates(since) {
+        let pids = match first.take().or_else(|| candidates(since)) {
             Some(pids) => pids,
             None => {
                 let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -227,7 +269,8 @@ impl Drop for GroupGuard {
 }
 
 fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_small(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::str::from_utf8(&stat).ok()?;
     // Field 22 (starttime); fields after the parenthesised command name.
     let after = stat.rsplit_once(')')?.1;
     after.split_whitespace().nth(19)?.parse().ok()
@@ -245,7 +288,7 @@ pub(crate) fn save(record: &GroupRecord, path: &Path) -> std::io::Result<()> {
 
 /// Read a saved record; `None` when no run was started.
 pub(crate) fn load(path: &Path) -> Option<GroupRecord> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = read_small(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -261,4 +304,25 @@ pub(crate) async fn terminate(
     }
     record.signal(Signal::SIGKILL);
     let _ = child.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_reads_return_the_whole_file_past_the_first_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_small(&path).unwrap(), data);
+        std::fs::write(&path, b"").unwrap();
+        assert!(read_small(&path).unwrap().is_empty());
+        // A /proc file (size 0 to stat) reads whole too.
+        let stat = read_small("/proc/self/stat").unwrap();
+        let pid = format!("{} (", std::process::id());
+        assert!(stat.starts_with(pid.as_bytes()) && stat.ends_with(b"\n"));
+        assert!(read_small(dir.path().join("absent")).is_err());
+    }
 }

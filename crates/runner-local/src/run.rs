@@ -228,10 +228,12 @@ pub(crate) async fn run_test(
     };
     // A short run's few new pids are read in place; a long run or one
     // that started many processes is scanned on the pool.
-    let small = process::few_candidates(&since);
-    let sweep = fs_work(small, move || process::kill_marked(&dir, Some(&since)))
-        .await
-        .unwrap_or_default();
+    let (first, small) = process::first_candidates(&since);
+    let sweep = fs_work(small, move || {
+        process::kill_marked_from(&dir, Some(&since), first)
+    })
+    .await
+    .unwrap_or_default();
     if sweep.killed > 0 {
         tracing::debug!(
             escaped = sweep.killed,
