@@ -197,6 +197,10 @@ impl RunnerAdapter for LocalProcessRunner {
         let state: LocalState = handle.decode_in(ctx, RUNNER_TYPE)?;
         let globs = artifacts::compile(&payload.artifacts)
             .map_err(|(field, message)| ArtifactError::invalid_spec(ctx, field, message))?;
+        // The id names the execution's artifact directory (made below
+        // unless the test was silent): refused alike either way.
+        runner_core::safe_path::validate_name(ctx.execution_id())
+            .map_err(|e| ArtifactError::permanent(ctx, e.to_string()))?;
         let empty = self.config.artifacts_dir.join(EMPTY_LOG);
         // A silent test with no artifact patterns: two entries naming the
         // shared empty log, small work. Logs with content are hashed (and
@@ -364,9 +368,24 @@ const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495
 
 /// A silent test's two logs, both naming the shared empty file `shared`
 /// (its size and hash are those of no bytes: nothing to read); `None`
-/// when that file is not a regular empty file.
+/// when that file is not a regular empty file this process can open.
 fn silent_logs(shared: &Path) -> Option<ArtifactBundle> {
-    if !shared_empty(shared) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(shared)
+    };
+    let file = match open() {
+        Ok(file) => file,
+        // The first silent test: made now.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && shared_empty(shared) => {
+            open().ok()?
+        }
+        Err(_) => return None,
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == 0) {
         return None;
     }
     let mut bundle = ArtifactBundle::default();
@@ -452,9 +471,18 @@ mod tests {
                 (size, sha.as_str())
             );
         }
-        // Not empty any more: not named.
+        // Not empty any more, a link to an empty file, a directory: not
+        // named (the test then gets a log directory of its own).
         std::fs::remove_file(&shared).unwrap();
         std::fs::write(&shared, b"x").unwrap();
+        assert!(silent_logs(&shared).is_none());
+        std::fs::remove_file(&shared).unwrap();
+        let elsewhere = dir.path().join("empty");
+        std::fs::write(&elsewhere, b"").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &shared).unwrap();
+        assert!(silent_logs(&shared).is_none());
+        std::fs::remove_file(&shared).unwrap();
+        std::fs::create_dir(&shared).unwrap();
         assert!(silent_logs(&shared).is_none());
     }
 }

@@ -229,6 +229,9 @@ pub(crate) async fn run_test(
     // A short run's few new pids are read in place; a long run or one
     // that started many processes is scanned on the pool.
     let (first, small) = process::first_candidates(&since);
+    // A list read here serves a sweep done here; on the pool the sweep
+    // reads its own, later.
+    let first = first.filter(|_| small);
     let sweep = fs_work(small, move || {
         process::kill_marked_from(&dir, Some(&since), first)
     })

@@ -209,3 +209,37 @@ async fn a_process_that_escaped_the_sweep_is_left_in_a_removed_directory() {
     );
     runner.teardown(&second, &next).await.unwrap();
 }
+
+/// An execution id that cannot name an artifact directory is refused by
+/// collection whether or not the test wrote anything, and nothing is made
+/// for it (a silent test makes no directory, but checks the id alike).
+#[tokio::test]
+async fn an_unusable_execution_id_is_refused_by_silent_and_talkative_tests_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    for (name, payload) in [
+        ("silent", TestPayload::new(["true"])),
+        ("talkative", common::sh("echo hi")),
+    ] {
+        let ctx = RunContext::new(format!("../{name}-{}", std::process::id()), "corr")
+            .with_execution_key(format!("{name}-key-{}", std::process::id()));
+        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+        runner.run_test(&ctx, &handle, &payload).await.unwrap();
+        let err = runner
+            .collect_artifacts(&ctx, &handle, &payload)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            runner_core::ErrorKind::Permanent,
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains(".."), "{name}: {err}");
+        runner.teardown(&ctx, &handle).await.unwrap();
+    }
+    assert!(
+        !dir.path()
+            .join(format!("silent-{}", std::process::id()))
+            .exists()
+    );
+}

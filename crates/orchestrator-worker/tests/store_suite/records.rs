@@ -205,8 +205,9 @@ pub(super) async fn history_filters_and_pages(f: Fixture) {
 
 /// A settlement written with its journal end and ack: one transaction on
 /// SQLite, all or nothing (a lost lease writes none of it); a store that
-/// cannot (PostgreSQL) writes nothing and says so. Through the recorder, a
-/// lost lease still leaves the record written, and the caller acks itself.
+/// cannot (PostgreSQL) writes nothing and says so. Through the recorder,
+/// the state changes it holds go with it, and a lost lease still leaves
+/// the record written (the caller then acks itself).
 pub(super) async fn a_settlement_goes_with_its_journal_end_and_ack(f: Fixture) {
     use orchestrator_worker::recorder::Recorder;
     use orchestrator_worker::store::{JournalEnd, SettleOps, Settlement};
@@ -272,8 +273,38 @@ pub(super) async fn a_settlement_goes_with_its_journal_end_and_ack(f: Fixture) {
     } else {
         assert_eq!(untouched().await, (JournalState::Live, true, 0));
     }
-    // Through the recorder, with a lost lease: the record alone.
+    // Through the recorder: a state change it still holds goes in the
+    // settlement's transaction.
     let recorder = Recorder::spawn(Arc::clone(s));
+    q.enqueue(&task("via")).await.unwrap();
+    let via = q.lease("w", LONG).await.unwrap().unwrap();
+    recorder
+        .push(RecordUpdate::State {
+            new: new_execution(&task("via")),
+            state: ExecState::Running,
+            at_ms: orchestrator_worker::store::now_ms(),
+            attempt: Some(1),
+            worker: Some("w".into()),
+            message: "run_test".into(),
+        })
+        .await;
+    let via_ops = SettleOps {
+        journal_end: None,
+        ack: Some((via, "{}".into())),
+    };
+    let answer = recorder.commit_settling(settled("via"), via_ops).await;
+    assert_eq!(answer.unwrap(), made);
+    let record = s.execution("via").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecState::Passed);
+    assert!(
+        record
+            .timeline
+            .iter()
+            .any(|e| e.state == ExecState::Running)
+    );
+    let done = if made { 2 } else { 0 };
+    assert_eq!(q.depth().await.unwrap().done, done);
+    // With a lost lease: the record alone.
     let mut lost = leases[1].clone();
     lost.token = "stale".into();
     let lost_ops = SettleOps {
@@ -284,7 +315,8 @@ pub(super) async fn a_settlement_goes_with_its_journal_end_and_ack(f: Fixture) {
     assert!(matches!(answer, Ok(false)), "{answer:?}");
     let record = s.execution("lost").await.unwrap().unwrap();
     assert_eq!(record.state, ExecState::Passed);
-    // "lost" is still leased (and "fold" too where it could not be acked).
-    let leased = if made { 1 } else { 2 };
+    // "lost" is still leased (and "fold" and "via" too where they could
+    // not be acked).
+    let leased = if made { 1 } else { 3 };
     assert_eq!(q.depth().await.unwrap().leased, leased, "not acked");
 }
