@@ -278,11 +278,18 @@ impl RunnerAdapter for LocalProcessRunner {
             record.kill();
         }
         let dir = state.dir.clone();
-        // Whether no process of the test is left to write in the directory.
-        let clean = self.swept.take(&dir)
-            || fs_work(false, move || process::kill_marked(&dir, None).clean)
-                .await
-                .unwrap_or(false);
+        // Whether no process of the test is left to write in the
+        // directory; and whether none is left in it at all, even one that
+        // escaped the sweep (then `work/` may serve the next test too).
+        let (clean, quiet) = match self.swept.take(&dir) {
+            Some(quiet) => (true, quiet),
+            None => (
+                fs_work(false, move || process::kill_marked(&dir, None).clean)
+                    .await
+                    .unwrap_or(false),
+                false,
+            ),
+        };
         let dir = state.dir.clone();
         let work = state.work();
         let logs = state.logs();
@@ -295,7 +302,7 @@ impl RunnerAdapter for LocalProcessRunner {
             if logs.iter().any(|log| log.exists()) {
                 return None;
             }
-            if clean && flat && spares.keep(&dir) {
+            if clean && flat && spares.keep(&dir, quiet) {
                 return Some(Ok(()));
             }
             match std::fs::remove_dir(&work) {

@@ -1,6 +1,6 @@
 //! Process groups: start a command in its own group, stop the whole group.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +23,38 @@ pub(crate) struct Sweep {
     /// Whether the last pass found none left: no marked process existed
     /// then, and none can appear later (only a marked process starts one).
     pub clean: bool,
+    /// Clean, and no process the run could have started is alive either,
+    /// marked or not: every pid allocated since its leader is gone, a
+    /// zombie, a child or a thread of this process (see [`stranger`]). A
+    /// process that cleared its environment and left the group would be
+    /// one of those pids, so the run's working directory has no process
+    /// of the test in it.
+    pub quiet: bool,
+}
+
+/// Whether `pid` (allocated since a run's leader) is alive and neither a
+/// zombie, a child of this process (`me`: another test's leader, a tool
+/// the runner started) nor one of its threads: a process that run may
+/// have started.
+fn stranger(pid: i32, me: i32) -> bool {
+    let Ok(stat) = read_small(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(after) = std::str::from_utf8(&stat)
+        .ok()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, after)| after.to_owned())
+    else {
+        return true;
+    };
+    let mut fields = after.split_whitespace();
+    let state = fields.next().unwrap_or("");
+    let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if matches!(state, "Z" | "X") || ppid == me {
+        return false;
+    }
+    // A thread of this process has a pid of its own (tokio's pool grows).
+    !Path::new(&format!("/proc/self/task/{pid}")).exists()
 }
 
 /// Which processes a run may have started: those whose pid was allocated
@@ -108,6 +140,39 @@ pub(crate) fn first_candidates(since: &Since) -> (Option<Vec<i32>>, bool) {
     (pids, few)
 }
 
+/// Whether none of `pids` (a run's range, see [`candidates`]) is a
+/// [`stranger`], nor any pid allocated while they were looked at: the
+/// range is read again until it stops growing (three times at most), so a
+/// process that forked and exited between the reads cannot hide a child
+/// past the end of it.
+fn quiet_since(pids: Vec<i32>, since: Option<&Since>, me: i32) -> bool {
+    let mut unchecked = pids;
+    let mut last = None;
+    for _ in 0..3 {
+        if unchecked.iter().any(|pid| *pid != me && stranger(*pid, me)) {
+            return false;
+        }
+        if let Some(end) = unchecked.last() {
+            last = Some(*end);
+        }
+        let Some(now) = candidates(since) else {
+            return false;
+        };
+        if now.last().copied() == last {
+            return true;
+        }
+        unchecked = match last {
+            Some(end) => now
+                .into_iter()
+                .skip_while(|pid| *pid != end)
+                .skip(1)
+                .collect(),
+            None => now,
+        };
+    }
+    false
+}
+
 /// SIGKILL `pid` if its environment holds `needle`; whether it did.
 fn kill_if_marked(pid: i32, needle: &[u8]) -> bool {
     let Ok(env) = read_small(format!("/proc/{pid}/environ")) else {
@@ -137,36 +202,42 @@ pub(crate) fn kill_marked_from(
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     let mut killed = 0;
     for _ in 0..3 {
-        let pids = match first.take().or_else(|| candidates(since)) {
-            Some(pids) => pids,
+        let (pids, ranged) = match first.take().or_else(|| candidates(since)) {
+            Some(pids) => (pids, true),
             None => {
                 let Ok(entries) = std::fs::read_dir("/proc") else {
                     return Sweep {
                         killed,
                         clean: false,
+                        quiet: false,
                     };
                 };
-                entries
+                let all = entries
                     .flatten()
                     .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                    .collect()
+                    .collect();
+                (all, false)
             }
         };
         let found = pids
-            .into_iter()
-            .filter(|pid| *pid != me && kill_if_marked(*pid, &needle))
+            .iter()
+            .filter(|pid| **pid != me && kill_if_marked(**pid, &needle))
             .count();
         killed += found;
         if found == 0 {
+            // Only a sweep of the run's own pid range can tell.
+            let quiet = ranged && quiet_since(pids, since, me);
             return Sweep {
                 killed,
                 clean: true,
+                quiet,
             };
         }
     }
     Sweep {
         killed,
         clean: false,
+        quiet: false,
     }
 }
 
@@ -176,26 +247,28 @@ pub(crate) fn kill_marked_from(
 /// A teardown in another process, or after a run that did not end with a
 /// clean sweep (a dropped future, a fork storm), scans as before.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Swept(Arc<Mutex<HashSet<PathBuf>>>);
+pub(crate) struct Swept(Arc<Mutex<HashMap<PathBuf, bool>>>);
 
 impl Swept {
     /// Entries kept at most; beyond, the set starts over (a missed skip
     /// only costs a scan).
     const MAX: usize = 4_096;
 
-    /// `dir`'s run ended with a clean sweep.
-    pub(crate) fn insert(&self, dir: &Path) {
+    /// `dir`'s run ended with a clean sweep, `quiet` or not
+    /// ([`Sweep::quiet`]).
+    pub(crate) fn insert(&self, dir: &Path, quiet: bool) {
         if let Ok(mut set) = self.0.lock() {
             if set.len() >= Self::MAX {
                 set.clear();
             }
-            set.insert(dir.to_path_buf());
+            set.insert(dir.to_path_buf(), quiet);
         }
     }
 
-    /// Forget `dir`; whether its last run ended with a clean sweep.
-    pub(crate) fn take(&self, dir: &Path) -> bool {
-        self.0.lock().is_ok_and(|mut set| set.remove(dir))
+    /// Forget `dir`; whether its last run ended with a clean sweep
+    /// (`Some`), and whether that sweep was quiet.
+    pub(crate) fn take(&self, dir: &Path) -> Option<bool> {
+        self.0.lock().ok().and_then(|mut set| set.remove(dir))
     }
 }
 

@@ -244,7 +244,7 @@ pub(crate) async fn run_test(
         );
     }
     if sweep.clean {
-        swept.insert(&state.dir);
+        swept.insert(&state.dir, sweep.quiet);
     }
     // Output still in the pipes is read for a bounded time: a process
     // that cleared its environment could still hold them.

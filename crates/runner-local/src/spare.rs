@@ -7,7 +7,7 @@
 //! for a `rename`; `orchestrator-bench local`), and a test's directory
 //! took four: the directory, `work/`, the handle record and the
 //! process-group record. A reused directory takes two renames, two writes
-//! in place and a new `work/`.
+//! in place and a new `work/` (none after a quiet run, see below).
 //!
 //! A directory is kept only when nothing in it came from the test: its
 //! entries are `work/` and the two records, `work/` is an empty directory,
@@ -15,7 +15,9 @@
 //! Anything else is removed as before. Its `work/` is removed when it is
 //! kept and made anew when it is taken (one inode per test): a process of
 //! the test that escaped the sweep keeps its working directory in the old,
-//! removed one, where nothing can be made and `..` leads nowhere. Spares live under
+//! removed one, where nothing can be made and `..` leads nowhere. Only
+//! when the run's sweep was quiet (no process the run may have started is
+//! alive: none can be in `work/`) is `work/` kept too. Spares live under
 //! `<root>/.spare/<pid>.<n>/`, one directory per runner, so two runners
 //! (or processes) sharing a root never take the same spare; a process finds the spare
 //! directories of processes that are gone and removes them the first time
@@ -57,8 +59,9 @@ impl Fresh {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Spare directories this process made and nobody took yet.
-    kept: Vec<PathBuf>,
+    /// Spare directories this process made and nobody took yet, and
+    /// whether each still has its `work/`.
+    kept: Vec<(PathBuf, bool)>,
     /// Set once this process's spare directory exists and the spares of
     /// processes that are gone were removed.
     ready: bool,
@@ -125,14 +128,22 @@ impl Spares {
     /// used (then it is removed, and the caller makes a directory anew);
     /// `dir` must not exist.
     pub(crate) fn take_into(&self, dir: &Path, handle: &[u8]) -> bool {
-        let Some(spare) = self.0.inner.lock().ok().and_then(|mut i| i.kept.pop()) else {
+        let Some((spare, has_work)) = self.0.inner.lock().ok().and_then(|mut i| i.kept.pop())
+        else {
             return false;
         };
-        // A new `work/` each time: a process of the last test that escaped
-        // the sweep (one that cleared its environment) keeps its working
-        // directory in the old one, removed, where nothing can be made.
+        // A new `work/` unless the last test's sweep was quiet: a process
+        // of it that escaped the sweep (one that cleared its environment)
+        // keeps its working directory in the old one, removed, where
+        // nothing can be made.
         let used = write_in_place(&spare.join(HANDLE_FILE), handle)
-            .and_then(|()| std::fs::create_dir(spare.join("work")))
+            .and_then(|()| {
+                if has_work {
+                    Ok(())
+                } else {
+                    std::fs::create_dir(spare.join("work"))
+                }
+            })
             .and_then(|()| std::fs::rename(&spare, dir));
         if used.is_err() {
             let _ = std::fs::remove_dir_all(&spare);
@@ -142,8 +153,11 @@ impl Spares {
 
     /// Keep the execution directory `dir` (flat layout) as a spare when
     /// nothing in it came from the test; whether it was kept (when not, the
-    /// caller removes it). Its process-group record is blanked first.
-    pub(crate) fn keep(&self, dir: &Path) -> bool {
+    /// caller removes it). Its process-group record is blanked first. Its
+    /// empty `work/` is kept with it when `quiet` (no process the test may
+    /// have started is alive: [`crate::process::Sweep::quiet`]), else
+    /// removed.
+    pub(crate) fn keep(&self, dir: &Path, quiet: bool) -> bool {
         let (fresh, name) = {
             let Ok(mut inner) = self.0.inner.lock() else {
                 return false;
@@ -163,7 +177,7 @@ impl Spares {
             inner.made += 1;
             (fresh, self.0.dir.join(inner.made.to_string()))
         };
-        if !untouched(dir, fresh) || std::fs::remove_dir(dir.join("work")).is_err() {
+        if !untouched(dir, fresh) || (!quiet && std::fs::remove_dir(dir.join("work")).is_err()) {
             return false;
         }
         let group = dir.join(GROUP_FILE);
@@ -174,7 +188,7 @@ impl Spares {
             return false;
         }
         if let Ok(mut inner) = self.0.inner.lock() {
-            inner.kept.push(name);
+            inner.kept.push((name, quiet));
         }
         true
     }
@@ -280,7 +294,7 @@ mod tests {
         let spares = Spares::new(root.path());
         let dir = made(root.path(), "exec-a", &spares);
         std::fs::write(dir.join(GROUP_FILE), b"{\"pgid\":12345}").unwrap();
-        assert!(spares.keep(&dir));
+        assert!(spares.keep(&dir, false));
         assert!(!dir.exists());
 
         let next = root.path().join("exec-b");
@@ -293,6 +307,26 @@ mod tests {
         assert!(next.join("work").is_dir());
         // Nothing left to take.
         assert!(!spares.take_into(&root.path().join("exec-c"), b"{}"));
+    }
+
+    #[test]
+    fn work_is_made_anew_unless_the_sweep_was_quiet() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let spares = Spares::new(root.path());
+        for quiet in [false, true] {
+            let dir = made(root.path(), "exec-a", &spares);
+            let before = std::fs::metadata(dir.join("work")).unwrap().ino();
+            // Something holds the old `work/` open meanwhile, so its inode
+            // number cannot come back for a new directory.
+            let _held = std::fs::File::open(dir.join("work")).unwrap();
+            assert!(spares.keep(&dir, quiet));
+            let next = root.path().join("exec-b");
+            assert!(spares.take_into(&next, b"{}"));
+            let after = std::fs::metadata(next.join("work")).unwrap().ino();
+            assert_eq!(before == after, quiet, "quiet: {quiet}");
+            std::fs::remove_dir_all(&next).unwrap();
+        }
     }
 
     #[test]
@@ -328,7 +362,7 @@ mod tests {
         for (what, touch) in touches {
             let dir = made(root.path(), "exec-t", &spares);
             touch(&dir);
-            assert!(!spares.keep(&dir), "kept although {what}");
+            assert!(!spares.keep(&dir, false), "kept although {what}");
             assert!(dir.exists(), "{what}");
             std::fs::remove_dir_all(&dir).unwrap();
         }
@@ -342,7 +376,7 @@ mod tests {
         std::fs::create_dir_all(gone.join("1/work")).unwrap();
         let spares = Spares::new(root.path());
         let dir = made(root.path(), "exec-a", &spares);
-        assert!(spares.keep(&dir));
+        assert!(spares.keep(&dir, false));
         assert!(!gone.exists());
     }
 
@@ -351,7 +385,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let spares = Spares::new(root.path());
         let dir = made(root.path(), "exec-a", &spares);
-        assert!(spares.keep(&dir));
+        assert!(spares.keep(&dir, false));
         let other = spares.clone();
         drop(spares);
         assert!(root.path().join(SPARE_DIR).exists());
@@ -367,9 +401,9 @@ mod tests {
         let spares = Spares::new(root.path());
         for i in 0..MAX_SPARES {
             let dir = made(root.path(), &format!("exec-{i}"), &spares);
-            assert!(spares.keep(&dir));
+            assert!(spares.keep(&dir, false));
         }
         let dir = made(root.path(), "exec-more", &spares);
-        assert!(!spares.keep(&dir));
+        assert!(!spares.keep(&dir, false));
     }
 }

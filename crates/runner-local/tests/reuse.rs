@@ -243,3 +243,39 @@ async fn an_unusable_execution_id_is_refused_by_silent_and_talkative_tests_alike
             .exists()
     );
 }
+
+/// After a run whose sweep found no process it may have started alive (a
+/// quiet sweep), the reused directory keeps its `work/` too: no new inode
+/// at all. Other tests of this binary start processes meanwhile, and a
+/// grandchild of theirs alive in the run's pid range makes the sweep not
+/// quiet, so a few tries are allowed.
+#[tokio::test]
+async fn after_a_quiet_run_the_reused_directory_keeps_its_work_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let runner = common::runner(dir.path());
+    let mut kept = false;
+    for attempt in 0..10 {
+        let first = ctx(&format!("quiet-{attempt}-a"));
+        let handle = runner.provision(&first, &common::bench()).await.unwrap();
+        let work = std::path::Path::new(handle.handle_id()).join("work");
+        // Held open: a new `work/` cannot get its inode number back.
+        let _held = std::fs::File::open(&work).unwrap();
+        let before = std::fs::metadata(&work).unwrap().ino();
+        let result = runner
+            .run_test(&first, &handle, &TestPayload::new(["true"]))
+            .await
+            .unwrap();
+        assert_eq!(result.status, TestStatus::Passed);
+        runner.teardown(&first, &handle).await.unwrap();
+        let second = ctx(&format!("quiet-{attempt}-b"));
+        let next = runner.provision(&second, &common::bench()).await.unwrap();
+        let after = std::path::Path::new(next.handle_id()).join("work");
+        kept = std::fs::metadata(&after).unwrap().ino() == before;
+        runner.teardown(&second, &next).await.unwrap();
+        if kept {
+            break;
+        }
+    }
+    assert!(kept, "work/ was made anew after every one of 10 quiet runs");
+}
