@@ -32,10 +32,50 @@ pub(crate) struct Sweep {
     pub quiet: bool,
 }
 
+/// The test leaders this process started and has not reaped, each with
+/// its start time: the only live processes of others in a run's pid range
+/// that [`stranger`] lets pass. (Their parent being this process is not
+/// enough: a test can give a process of its own that parent with
+/// `clone(CLONE_PARENT)`, and one running as pid 1 adopts every orphan.)
+static LEADERS: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
+
+/// A leader in [`LEADERS`] until dropped.
+pub(crate) struct LiveLeader(Option<(i32, u64)>);
+
+impl LiveLeader {
+    pub(crate) fn new(record: &GroupRecord) -> Self {
+        let entry = record.start_ticks.map(|ticks| (record.pgid, ticks));
+        if let (Some(entry), Ok(mut leaders)) = (entry, LEADERS.lock()) {
+            leaders.push(entry);
+        }
+        Self(entry)
+    }
+}
+
+impl Drop for LiveLeader {
+    fn drop(&mut self) {
+        if let (Some(entry), Ok(mut leaders)) = (self.0, LEADERS.lock()) {
+            leaders.retain(|e| *e != entry);
+        }
+    }
+}
+
+/// Whether `/proc` shows this process's own pid namespace: quiet sweeps
+/// rely on it (a `/proc` of another namespace, or one hiding pids, would
+/// make live processes look gone).
+fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str().and_then(|s| s.parse::<u32>().ok()))
+            == Some(std::process::id())
+    })
+}
+
 /// Whether `pid` (allocated since a run's leader) is alive and neither a
-/// zombie, a child of this process (`me`: another test's leader, a tool
-/// the runner started) nor one of its threads: a process that run may
-/// have started.
+/// zombie, another test's leader this process started ([`LEADERS`]) nor a
+/// thread of this process (`me`): a process that run may have started.
 fn stranger(pid: i32, me: i32) -> bool {
     let Ok(stat) = read_small(format!("/proc/{pid}/stat")) else {
         return false;
@@ -47,10 +87,20 @@ fn stranger(pid: i32, me: i32) -> bool {
     else {
         return true;
     };
-    let mut fields = after.split_whitespace();
-    let state = fields.next().unwrap_or("");
-    let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    if matches!(state, "Z" | "X") || ppid == me {
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("");
+    let ppid: i32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let started: Option<u64> = fields.get(19).and_then(|t| t.parse().ok());
+    if matches!(state, "Z" | "X") {
+        return false;
+    }
+    let leader = ppid == me
+        && started.is_some_and(|ticks| {
+            LEADERS
+                .lock()
+                .is_ok_and(|leaders| leaders.contains(&(pid, ticks)))
+        });
+    if leader {
         return false;
     }
     // A thread of this process has a pid of its own (tokio's pool grows).
@@ -226,7 +276,7 @@ pub(crate) fn kill_marked_from(
         killed += found;
         if found == 0 {
             // Only a sweep of the run's own pid range can tell.
-            let quiet = ranged && quiet_since(pids, since, me);
+            let quiet = ranged && proc_is_ours() && quiet_since(pids, since, me);
             return Sweep {
                 killed,
                 clean: true,
@@ -397,5 +447,44 @@ mod tests {
         let pid = format!("{} (", std::process::id());
         assert!(stat.starts_with(pid.as_bytes()) && stat.ends_with(b"\n"));
         assert!(read_small(dir.path().join("absent")).is_err());
+    }
+
+    /// A live process whose parent is this one is no leader of ours
+    /// unless this runner started it as one (a test can make its own
+    /// process a child of the worker's with `clone(CLONE_PARENT)`).
+    #[test]
+    fn only_registered_leaders_and_the_dead_pass_the_quiet_check() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        assert!(stranger(pid, me), "a child of ours that is no leader");
+        let record = GroupRecord::for_leader(child.id()).unwrap();
+        let leader = LiveLeader::new(&record);
+        assert!(!stranger(pid, me), "a leader this process started");
+        drop(leader);
+        assert!(stranger(pid, me), "no longer a leader");
+        child.kill().unwrap();
+        // Killed, not yet reaped: a zombie, which can do nothing.
+        let mut zombie = false;
+        for _ in 0..200 {
+            let stat = read_small(format!("/proc/{pid}/stat")).unwrap();
+            let stat = String::from_utf8_lossy(&stat).into_owned();
+            if stat
+                .rsplit_once(')')
+                .is_some_and(|(_, a)| a.trim_start().starts_with('Z'))
+            {
+                zombie = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(zombie, "the killed child became a zombie");
+        assert!(!stranger(pid, me));
+        child.wait().unwrap();
+        assert!(!stranger(pid, me), "gone");
+        assert!(proc_is_ours());
     }
 }

@@ -25,6 +25,9 @@ pub(crate) async fn run_test(
     payload: &TestPayload,
 ) -> Result<TestResult, ExecutionError> {
     let state: LocalState = handle.decode_in(ctx, RUNNER_TYPE)?;
+    // What an earlier run here found is not this run's: forgotten first,
+    // whatever this one comes to.
+    swept.take(&state.dir);
     if payload.command.is_empty() || payload.command[0].is_empty() {
         return Err(ExecutionError::invalid_spec(
             ctx,
@@ -46,8 +49,6 @@ pub(crate) async fn run_test(
     if let Some(previous) = process::load(&state.group_file()) {
         previous.kill();
     }
-    // This run's processes are not swept until it ends.
-    swept.take(&state.dir);
     stage_package(ctx, &state, payload).await?;
     let cwd = match &payload.working_dir {
         Some(sub) => runner_core::safe_path::safe_join(&state.work(), sub)
@@ -147,6 +148,7 @@ pub(crate) async fn run_test(
         ));
     };
     let mut guard = GroupGuard::new(record);
+    let _leader = process::LiveLeader::new(&record);
     if let Err(err) = process::save(&record, &state.group_file()) {
         return Err(io_error(ctx, "cannot record the process group", err));
     }
