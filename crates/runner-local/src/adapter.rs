@@ -221,7 +221,11 @@ impl RunnerAdapter for LocalProcessRunner {
             .map_err(|message| ArtifactError::permanent(ctx, message))?;
         let redactor = payload.redactor();
         let outcome = fs_work(small, move || -> std::io::Result<_> {
-            std::fs::create_dir_all(&dest)?;
+            // Named in the error: a misconfigured `artifacts_dir` (a file,
+            // no permission) is found from the message alone.
+            std::fs::create_dir_all(&dest).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dest.display()))
+            })?;
             let mut bundle = ArtifactBundle::default();
             let mut taken = Vec::new();
             for stream in ["stdout", "stderr"] {

@@ -281,3 +281,31 @@ async fn after_a_quiet_run_the_reused_directory_keeps_its_work_directory() {
     }
     assert!(kept, "work/ was made anew after every one of 10 quiet runs");
 }
+
+/// An `artifacts_dir` that is a file: collection fails with an error that
+/// names the directory it could not make, silent test or not.
+#[tokio::test]
+async fn an_artifacts_dir_that_is_a_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("artifacts"), b"not a directory").unwrap();
+    let runner = common::runner(dir.path());
+    for (name, payload) in [
+        ("silent", TestPayload::new(["true"])),
+        ("talkative", common::sh("echo hi")),
+    ] {
+        let ctx = ctx(&format!("artfile-{name}"));
+        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
+        runner.run_test(&ctx, &handle, &payload).await.unwrap();
+        let err = runner
+            .collect_artifacts(&ctx, &handle, &payload)
+            .await
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&dir.path().join("artifacts").display().to_string())
+                && shown.contains("Not a directory"),
+            "{name}: {shown}"
+        );
+        runner.teardown(&ctx, &handle).await.unwrap();
+    }
+}
