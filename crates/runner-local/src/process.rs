@@ -77,25 +77,15 @@ fn proc_is_ours() -> bool {
 /// zombie, another test's leader this process started ([`LEADERS`]) nor a
 /// thread of this process (`me`): a process that run may have started.
 fn stranger(pid: i32, me: i32) -> bool {
-    let Ok(stat) = read_small(format!("/proc/{pid}/stat")) else {
+    // Gone: nothing left to be in the directory.
+    let Some(stat) = Stat::of(pid) else {
         return false;
     };
-    let Some(after) = std::str::from_utf8(&stat)
-        .ok()
-        .and_then(|s| s.rsplit_once(')'))
-        .map(|(_, after)| after.to_owned())
-    else {
-        return true;
-    };
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first().copied().unwrap_or("");
-    let ppid: i32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    let started: Option<u64> = fields.get(19).and_then(|t| t.parse().ok());
-    if matches!(state, "Z" | "X") {
+    if matches!(stat.state.as_str(), "Z" | "X") {
         return false;
     }
-    let leader = ppid == me
-        && started.is_some_and(|ticks| {
+    let leader = stat.ppid == Some(me)
+        && stat.start_ticks.is_some_and(|ticks| {
             LEADERS
                 .lock()
                 .is_ok_and(|leaders| leaders.contains(&(pid, ticks)))
@@ -391,12 +381,37 @@ impl Drop for GroupGuard {
     }
 }
 
+/// What this crate reads of `/proc/<pid>/stat`. A field that does not
+/// parse is empty or `None`, which callers take as the unknown (never
+/// as "ours" or "dead").
+struct Stat {
+    /// The state letter (`R`, `S`, `Z`, ...).
+    state: String,
+    /// The parent's pid.
+    ppid: Option<i32>,
+    /// Field 22: when it started, in clock ticks since boot.
+    start_ticks: Option<u64>,
+}
+
+impl Stat {
+    /// `None` when the process is gone.
+    fn of(pid: i32) -> Option<Self> {
+        let bytes = read_small(format!("/proc/{pid}/stat")).ok()?;
+        let text = String::from_utf8_lossy(&bytes);
+        // The fields after the command name, which is in parentheses and
+        // may hold spaces and `)` itself.
+        let after = text.rsplit_once(')').map_or("", |(_, after)| after);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some(Self {
+            state: fields.first().copied().unwrap_or_default().to_owned(),
+            ppid: fields.get(1).and_then(|p| p.parse().ok()),
+            start_ticks: fields.get(19).and_then(|t| t.parse().ok()),
+        })
+    }
+}
+
 fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = read_small(format!("/proc/{pid}/stat")).ok()?;
-    let stat = std::str::from_utf8(&stat).ok()?;
-    // Field 22 (starttime); fields after the parenthesised command name.
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
+    Stat::of(pid)?.start_ticks
 }
 
 /// Write the record where teardown in another process will find it: in
@@ -470,12 +485,7 @@ mod tests {
         // Killed, not yet reaped: a zombie, which can do nothing.
         let mut zombie = false;
         for _ in 0..200 {
-            let stat = read_small(format!("/proc/{pid}/stat")).unwrap();
-            let stat = String::from_utf8_lossy(&stat).into_owned();
-            if stat
-                .rsplit_once(')')
-                .is_some_and(|(_, a)| a.trim_start().starts_with('Z'))
-            {
+            if Stat::of(pid).unwrap().state == "Z" {
                 zombie = true;
                 break;
             }
