@@ -7,8 +7,10 @@
 mod common;
 
 use runner_core::{
-    ArtifactLocation, LogSink, LogStream, RunContext, RunnerAdapter, TestPayload, TestStatus,
+    ArtifactBundle, ArtifactError, ArtifactLocation, LogSink, LogStream, RunContext, RunnerAdapter,
+    TestPayload, TestStatus,
 };
+use runner_local::LocalProcessRunner;
 
 fn ctx(name: &str) -> RunContext {
     RunContext::new(format!("{name}-{}", std::process::id()), "corr")
@@ -18,6 +20,27 @@ fn ctx(name: &str) -> RunContext {
 fn inode(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).unwrap().ino()
+}
+
+/// A test that writes nothing and one that writes a line.
+fn silent_and_talkative() -> [(&'static str, TestPayload); 2] {
+    [
+        ("silent", TestPayload::new(["true"])),
+        ("talkative", common::sh("echo hello")),
+    ]
+}
+
+/// Provision, run `payload`, collect, tear down: what collection gave.
+async fn run_and_collect(
+    runner: &LocalProcessRunner,
+    ctx: &RunContext,
+    payload: &TestPayload,
+) -> Result<ArtifactBundle, ArtifactError> {
+    let handle = runner.provision(ctx, &common::bench()).await.unwrap();
+    runner.run_test(ctx, &handle, payload).await.unwrap();
+    let collected = runner.collect_artifacts(ctx, &handle, payload).await;
+    runner.teardown(ctx, &handle).await.unwrap();
+    collected
 }
 
 #[tokio::test]
@@ -115,18 +138,9 @@ async fn a_clean_directory_is_reused_and_a_touched_one_never_reaches_the_next_te
 async fn a_silent_test_makes_no_artifact_directory() {
     let dir = tempfile::tempdir().unwrap();
     let runner = common::runner(dir.path());
-    for (name, payload) in [
-        ("silent", TestPayload::new(["true"])),
-        ("speaks", common::sh("echo hello")),
-    ] {
+    for (name, payload) in silent_and_talkative() {
         let ctx = ctx(name);
-        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
-        runner.run_test(&ctx, &handle, &payload).await.unwrap();
-        let bundle = runner
-            .collect_artifacts(&ctx, &handle, &payload)
-            .await
-            .unwrap();
-        runner.teardown(&ctx, &handle).await.unwrap();
+        let bundle = run_and_collect(&runner, &ctx, &payload).await.unwrap();
         let own = dir.path().join("artifacts").join(ctx.execution_id());
         let stdout = bundle
             .artifacts
@@ -217,25 +231,16 @@ async fn a_process_that_escaped_the_sweep_is_left_in_a_removed_directory() {
 async fn an_unusable_execution_id_is_refused_by_silent_and_talkative_tests_alike() {
     let dir = tempfile::tempdir().unwrap();
     let runner = common::runner(dir.path());
-    for (name, payload) in [
-        ("silent", TestPayload::new(["true"])),
-        ("talkative", common::sh("echo hi")),
-    ] {
+    for (name, payload) in silent_and_talkative() {
         let ctx = RunContext::new(format!("../{name}-{}", std::process::id()), "corr")
             .with_execution_key(format!("{name}-key-{}", std::process::id()));
-        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
-        runner.run_test(&ctx, &handle, &payload).await.unwrap();
-        let err = runner
-            .collect_artifacts(&ctx, &handle, &payload)
-            .await
-            .unwrap_err();
+        let err = run_and_collect(&runner, &ctx, &payload).await.unwrap_err();
         assert_eq!(
             err.kind(),
             runner_core::ErrorKind::Permanent,
             "{name}: {err}"
         );
         assert!(err.to_string().contains(".."), "{name}: {err}");
-        runner.teardown(&ctx, &handle).await.unwrap();
     }
     assert!(
         !dir.path()
@@ -289,23 +294,14 @@ async fn an_artifacts_dir_that_is_a_file_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("artifacts"), b"not a directory").unwrap();
     let runner = common::runner(dir.path());
-    for (name, payload) in [
-        ("silent", TestPayload::new(["true"])),
-        ("talkative", common::sh("echo hi")),
-    ] {
+    for (name, payload) in silent_and_talkative() {
         let ctx = ctx(&format!("artfile-{name}"));
-        let handle = runner.provision(&ctx, &common::bench()).await.unwrap();
-        runner.run_test(&ctx, &handle, &payload).await.unwrap();
-        let err = runner
-            .collect_artifacts(&ctx, &handle, &payload)
-            .await
-            .unwrap_err();
+        let err = run_and_collect(&runner, &ctx, &payload).await.unwrap_err();
         let shown = err.to_string();
         assert!(
             shown.contains(&dir.path().join("artifacts").display().to_string())
                 && shown.contains("Not a directory"),
             "{name}: {shown}"
         );
-        runner.teardown(&ctx, &handle).await.unwrap();
     }
 }
