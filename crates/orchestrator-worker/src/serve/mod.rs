@@ -162,6 +162,13 @@ impl Worker {
         &self.metrics
     }
 
+    /// Whether the queue is the store's own opened database (the SQLite
+    /// file, or PostgreSQL; never SQS): one statement can then read or
+    /// write both.
+    fn queue_in_store(&self) -> bool {
+        self.queue.database_id().is_some() && self.queue.database_id() == self.store.database_id()
+    }
+
     /// The runner types this worker serves.
     pub fn runner_types(&self) -> Vec<String> {
         self.served.keys().cloned().collect()

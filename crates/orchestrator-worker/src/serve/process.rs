@@ -227,9 +227,7 @@ impl Worker {
         };
         // What the lease read of the journal holds only for the database
         // the engine journals in.
-        let journal_clear = lease.journal_clear
-            && self.queue.database_id().is_some()
-            && self.queue.database_id() == self.store.database_id();
+        let journal_clear = lease.journal_clear && self.queue_in_store();
         let mut outcome = served
             .engine
             .execute(Execution {

@@ -54,8 +54,7 @@ impl Worker {
         update: &mut RecordUpdate,
     ) -> Result<(), StoreError> {
         let one_database = self.store.settles_with_records()
-            && self.queue.database_id().is_some()
-            && self.queue.database_id() == self.store.database_id()
+            && self.queue_in_store()
             && (outcome.journal_end.is_none()
                 || engine.journal_database_id() == self.store.database_id());
         if one_database && matches!(s.disposition, Disposition::Ack) {
